@@ -1,0 +1,20 @@
+"""rome-bench: the adversarial-robustness benchmark for distilled datasets.
+
+Public API::
+
+    from rome_bench import register_method, DistilledSet
+
+    @register_method("mybase", description="one line shown by `rome-bench list methods`")
+    def mybase(train, ipc, cfg):
+        ...
+        return DistilledSet(images=..., labels=...)
+"""
+
+__version__ = "0.1.0"
+
+from rome_bench.distilled import DistilledSet  # noqa: E402
+from rome_bench.methods import METHODS, MethodConfig, register_method  # noqa: E402
+from rome_bench.registry import Registry, RomeBenchError  # noqa: E402
+
+__all__ = ["DistilledSet", "METHODS", "MethodConfig", "Registry", "RomeBenchError",
+           "__version__", "register_method"]

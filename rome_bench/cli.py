@@ -1,0 +1,297 @@
+"""The ``rome-bench`` command line: a thin click layer over :mod:`rome_bench.pipeline`.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit status (set
+``ROME_BENCH_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from rome_bench.registry import RomeBenchError
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
+    click.echo(f"rome-bench: error: {message}", err=True)
+    sys.exit(code)
+
+
+class SafeGroup(click.Group):
+    """Turns every exception into one line on stderr (no traceback) and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted; finished work is cached, rerun the same command to resume", 130)
+        except (RomeBenchError, NotImplementedError, ValueError, OSError) as exc:
+            if os.environ.get("ROME_BENCH_DEBUG"):
+                raise
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except Exception as exc:  # a bug: still one line, with a hint how to see more
+            if os.environ.get("ROME_BENCH_DEBUG"):
+                raise
+            _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                  "(set ROME_BENCH_DEBUG=1 for the traceback)")
+
+
+@click.group(cls=SafeGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                              "max_content_width": 100})
+@click.version_option(package_name="rome-bench")
+def main() -> None:
+    """rome-bench: adversarial robustness of distilled datasets.
+
+    \b
+    Examples:
+      rome-bench run --method all                      # quick preset, embedded data, minutes
+      rome-bench run --method random,full --ipc 1,10 --preset cpu --data-root DIR
+      rome-bench list methods
+      rome-bench table results/runs/RUN/records.jsonl --format latex
+    """
+
+
+# -- shared options --------------------------------------------------------------------
+def data_options(f):
+    f = click.option("--dataset", default=None,
+                     help="cifar10 | cifar100 | cifar10-mini (default: the preset's).")(f)
+    f = click.option("--data-root", type=click.Path(), default=None,
+                     help="Folder with the real data (official CIFAR folder or npz shards).")(f)
+    f = click.option("--download", is_flag=True, help="Download the official CIFAR release into "
+                     "--data-root if it is missing (never done unless asked).")(f)
+    return f
+
+
+def eval_options(f):
+    f = click.option("--attacks", default=None, metavar="NAME,...|suite|sweep|none",
+                     help="Attacks to run (default: the white-box suite FGSM, PGD, PGD-L2, CW, "
+                          "DeepFool, AutoAttack); 'none' = clean accuracy only.")(f)
+    f = click.option("--mode", "modes", default=None, metavar="targeted,untargeted",
+                     help="Attack modes (default: both).")(f)
+    f = click.option("--threat-model", "threat_models", default=None,
+                     metavar="standard[,beard-compat]",
+                     help="standard (default: [0,1] inputs, eps in pixels) and/or beard-compat "
+                          "(the published numbers' protocol, quirks included).")(f)
+    f = click.option("--test-subset", type=int, default=None, metavar="N",
+                     help="Evaluate on a fixed class-balanced subset of N test images "
+                          "(default: the preset's).")(f)
+    f = click.option("--preset", default="quick", show_default=True,
+                     help="quick | cpu | paper (see `rome-bench list presets`).")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True)(f)
+    f = click.option("--arch", default="convnet", show_default=True,
+                     help="Architecture (see `rome-bench list archs`).")(f)
+    f = click.option("--out", type=click.Path(), default=None,
+                     help="Run folder (default: results/runs/<run id>).")(f)
+    f = click.option("--device", default=None, help="cpu | cuda (default: cuda if available).")(f)
+    f = click.option("--fresh", is_flag=True, help="Recompute instead of using the cache.")(f)
+    f = click.option("--quiet", is_flag=True, help="No progress bars.")(f)
+    f = click.option("--alpha", type=float, default=0.5, show_default=True,
+                     help="CREI weight of RR (and I-RR) against AE.")(f)
+    return f
+
+
+def _config(**kw):
+    from rome_bench.pipeline import RunConfig, parse_ipcs
+
+    return RunConfig(methods=kw.get("methods", []), dataset=kw.get("dataset"),
+                     data_root=kw.get("data_root"), download=kw.get("download", False),
+                     ipcs=parse_ipcs(kw.get("ipc")), preset=kw["preset"],
+                     repeats=kw.get("repeats"), seed=kw["seed"], arch=kw["arch"], out=kw["out"],
+                     fresh=kw["fresh"], attacks=kw["attacks"], modes=kw["modes"],
+                     threat_models=kw["threat_models"], test_subset=kw["test_subset"],
+                     device=kw["device"], show_progress=not kw["quiet"])
+
+
+def _finish(plan, records, alpha: float) -> None:
+    from rome_bench import report
+
+    if not records:
+        click.echo("no records were produced")
+        return
+    paths = report.write_tables(records, plan.out, alpha)
+    click.echo("")
+    if report.has_attacks(records):
+        click.echo(report.format_table1(records, "markdown", alpha))
+        click.echo("")
+    click.echo(report.format_accuracy(records, "markdown"))
+    click.echo(f"\nrecords: {plan.out / 'records.jsonl'}")
+    click.echo("tables:  " + ", ".join(str(p) for p in paths))
+
+
+# -- run ----------------------------------------------------------------------------------
+@main.command()
+@click.option("--method", "method", default="all", show_default=True,
+              metavar="all|NAME[,NAME..]|file:PATH",
+              help="Methods to benchmark (see `rome-bench list methods`).")
+@data_options
+@click.option("--ipc", default=None, metavar="1,10,50", help="Images per class (default: the preset's).")
+@click.option("--repeats", type=int, default=None, help="Models retrained per cell (default: the preset's).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
+@eval_options
+def run(method: str, dry_run: bool, alpha: float, **kw) -> None:
+    """Distill (or load), retrain, attack, and print the comparison table.
+
+    \b
+    Examples:
+      rome-bench run --method all
+      rome-bench run --method random,full --ipc 1,10 --attacks FGSM,PGD
+      rome-bench run --method all --preset cpu --data-root ../shared/data/cifar10 \\
+          --threat-model standard,beard-compat
+      rome-bench run --method file:dc_cifar10_ipc10.pt#0 --attacks none
+    """
+    from rome_bench import pipeline
+
+    config = _config(methods=method.split(","), **kw)
+    if dry_run:
+        click.echo(pipeline.plan_run(config).describe())
+        return
+    plan, records = pipeline.run(config, echo=click.echo)
+    _finish(plan, records, alpha)
+
+
+# -- evaluate -----------------------------------------------------------------------------
+@main.command()
+@click.option("--distilled", "distilled", multiple=True, metavar="PATH[#k]",
+              help="Distilled set(s) to retrain on and evaluate (any supported format).")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="NAME=PATH",
+              help="Trained DC-style ConvNet checkpoint(s) to evaluate as method NAME.")
+@click.option("--ipc", type=int, default=None,
+              help="IPC recorded for checkpoints (default: parsed from names like *_CIFAR10_50_*).")
+@data_options
+@eval_options
+def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int | None,
+             alpha: float, **kw) -> None:
+    """Evaluate given distilled sets (retraining first) or given trained models.
+
+    \b
+    Examples:
+      rome-bench evaluate --checkpoint DC=../shared/data/beard_model_pool/DC_ConvNet_CIFAR10_50_None.pth \\
+          --dataset cifar10 --data-root ../shared/data/cifar10 --attacks none
+      rome-bench evaluate --distilled res_DC_CIFAR10_ConvNet_10ipc.pt#0 --attacks FGSM,PGD
+    """
+    from rome_bench import pipeline
+
+    if bool(distilled) == bool(checkpoints):
+        raise click.UsageError("give either --distilled PATH ... or --checkpoint NAME=PATH ...")
+    config = _config(**kw)
+    if checkpoints:
+        pairs = []
+        for item in checkpoints:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise click.UsageError(f"--checkpoint takes NAME=PATH, got '{item}'")
+            pairs.append((name, path))
+        plan, records = pipeline.evaluate_checkpoints(config, pairs, ipc, echo=click.echo)
+    else:
+        plan, records = pipeline.evaluate_distilled(config, list(distilled), echo=click.echo)
+    _finish(plan, records, alpha)
+
+
+# -- table ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("records", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", default="markdown", show_default=True,
+              type=click.Choice(["markdown", "csv", "latex"]))
+@click.option("--kind", default="robustness", show_default=True,
+              type=click.Choice(["robustness", "accuracy"]),
+              help="robustness = Table 1 layout; accuracy = clean/attacked accuracy per IPC.")
+@click.option("--reference", default=None, metavar="paper|CSV",
+              help="Put the published Table 1 value and the difference next to each cell.")
+@click.option("--threat-model", default=None, help="Only records of this threat model.")
+@click.option("--preset", default=None, help="Only records of this preset.")
+@click.option("--alpha", type=float, default=0.5, show_default=True)
+def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
+          threat_model: str | None, preset: str | None, alpha: float) -> None:
+    """Tables from records files or run folders.
+
+    \b
+    Examples:
+      rome-bench table results/runs/RUN --reference paper
+      rome-bench table beard.jsonl --format csv
+      rome-bench table results/runs/RUN --kind accuracy --format latex
+    """
+    from rome_bench import report
+    from rome_bench.records import read_records
+
+    rows = read_records(list(records))
+    if kind == "accuracy" or not report.has_attacks(rows):
+        click.echo(report.format_accuracy(rows, fmt, threat_model, preset))
+    else:
+        click.echo(report.format_table1(rows, fmt, alpha, reference, threat_model, preset))
+
+
+# -- import-beard ------------------------------------------------------------------------
+@main.command("import-beard")
+@click.argument("logs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), required=True, help="Records file to write (JSONL).")
+def import_beard(logs: tuple[str, ...], out: str) -> None:
+    """Convert BEARD evaluation logs into records (threat model beard-compat).
+
+    \b
+    Example:
+      rome-bench import-beard logs/*.txt --out beard.jsonl && rome-bench table beard.jsonl
+    """
+    from rome_bench.beard import parse_beard_logs
+    from rome_bench.storage import atomic_write_text
+
+    recs = parse_beard_logs(list(logs))
+    atomic_write_text(out, "".join(r.to_json() + "\n" for r in recs))
+    methods = sorted({r.method for r in recs})
+    click.echo(f"wrote {len(recs)} records ({', '.join(methods)}) to {out}")
+
+
+# -- list ------------------------------------------------------------------------------
+@main.command("list")
+@click.argument("what", type=click.Choice(["methods", "datasets", "archs", "presets", "attacks"]))
+def list_(what: str) -> None:
+    """List registered methods, datasets, architectures, presets or attacks.
+
+    \b
+    Examples:
+      rome-bench list methods
+      rome-bench list presets
+    """
+    from tabulate import tabulate
+
+    from rome_bench.attacks import ATTACKS
+    from rome_bench.data import DATASETS
+    from rome_bench.methods import METHODS
+    from rome_bench.models import ARCHS
+    from rome_bench.presets import PRESETS
+
+    if what == "methods":
+        rows = []
+        for e in METHODS.entries():
+            status = ("in all" if e.meta.get("in_all") else
+                      "planned" if not e.meta.get("implemented", True) else "on request")
+            rows.append([e.name, ", ".join(e.aliases), status, e.description])
+        click.echo(tabulate(rows, headers=["method", "aliases", "--method all", "description"]))
+    elif what == "datasets":
+        rows = [[e.name, e.obj.num_classes, "yes" if e.obj.needs_root else "no (embedded)",
+                 e.description] for e in DATASETS.entries()]
+        click.echo(tabulate(rows, headers=["dataset", "classes", "needs --data-root", "description"]))
+    elif what == "archs":
+        rows = [[e.name, e.obj.width, e.obj.depth, e.obj.norm, e.description]
+                for e in ARCHS.entries()]
+        click.echo(tabulate(rows, headers=["arch", "width", "depth", "norm", "description"]))
+    elif what == "attacks":
+        rows = [[e.obj.name, e.obj.setting, "yes" if e.obj.targeted else "no",
+                 "suite" if e.obj.suite else "extra", e.description] for e in ATTACKS.entries()]
+        click.echo(tabulate(rows, headers=["attack", "setting", "targeted", "in", "description"]))
+    else:
+        for e in PRESETS.entries():
+            p = e.obj
+            click.echo(f"{p.name}: {p.description}\n  dataset {p.dataset}, IPC "
+                       f"{','.join(map(str, p.ipcs))}, {p.repeats} model(s) per cell, test images "
+                       f"{p.test_subset or 'all'}\n  scaled: {p.scaled}\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,420 @@
+"""The benchmark pipeline: distill -> retrain -> attack -> records, cached and resumable.
+
+Each stage is a plain function over small dataclasses. :func:`run` plans every cell first
+(validating all names and inputs before any computation), then walks the cells; finished
+distilled sets, models and measurements come from the cache, and records are appended after
+every model, so a killed run loses at most the model in progress.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from rome_bench import __version__
+from rome_bench import attacks as attacks_mod
+from rome_bench import train as train_mod
+from rome_bench.attacks import AttackSpec, clean_accuracy, run_attack
+from rome_bench.augment import DSA
+from rome_bench.cache import Cache, code_version, content_key
+from rome_bench.data import DATASETS, DataError, DatasetSpec, ImageSet, load_dataset, test_subset
+from rome_bench.distilled import DistilledSet
+from rome_bench.methods import METHODS, MethodConfig
+from rome_bench.models import ARCHS, Classifier, build_model, load_tensor_file
+from rome_bench.presets import DEFAULT_PRESET, PRESETS, Preset
+from rome_bench.records import Record, RecordStore, versions
+from rome_bench.registry import RomeBenchError
+from rome_bench.storage import atomic_torch_save, atomic_write_json, read_json
+
+
+class PlanError(RomeBenchError):
+    """A run that cannot start as requested."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; the CLI maps flags to these fields one to one."""
+
+    methods: list[str]
+    dataset: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    ipcs: list[int] | None = None
+    preset: str = DEFAULT_PRESET
+    repeats: int | None = None
+    seed: int = 0
+    arch: str = "convnet"
+    out: str | None = None
+    fresh: bool = False
+    attacks: str | None = None
+    modes: str | None = None
+    threat_models: str | None = None
+    test_subset: int | None = None
+    device: str | None = None
+    show_progress: bool = True
+
+
+@dataclass
+class Cell:
+    """One (method, IPC) of the plan."""
+
+    method: str
+    ipc: int
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass
+class Plan:
+    """A validated run: resolved preset, dataset, cells, attacks and output folder."""
+
+    config: RunConfig
+    preset: Preset
+    dataset: DatasetSpec
+    cells: list[Cell]
+    attacks: list[AttackSpec]
+    modes: list[str]
+    threat_models: list[str]
+    test_subset: int | None
+    repeats: int
+    device: str
+    out: Path
+    run_id: str
+
+    def describe(self) -> str:
+        lines = [f"rome-bench {__version__} run {self.run_id}",
+                 f"  preset     {self.preset.name}: {self.preset.description}",
+                 f"  scaled     {self.preset.scaled}",
+                 f"  dataset    {self.dataset.name}" + (f" from {self.config.data_root}"
+                                                        if self.config.data_root else ""),
+                 f"  arch       {self.config.arch}, {self.repeats} model(s) per cell, seed "
+                 f"{self.config.seed}, device {self.device}",
+                 f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
+                 f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
+                 f"  test       {self.test_subset or 'all'} images",
+                 f"  output     {self.out}",
+                 "  cells:"]
+        for c in self.cells:
+            ipc = "whole train set" if c.ipc == 0 else f"IPC {c.ipc}"
+            entry = METHODS.entry(c.method)
+            epochs = (self.preset.full_epochs if entry.meta.get("ipc_independent")
+                      else self.preset.epochs(c.ipc, entry.meta.get("retrain_augment", True)))
+            budget = ", ".join(f"{k}={v}" for k, v in sorted(c.params.items()) if k != "path")
+            lines.append(f"    {c.label or c.method:<14} {ipc:<16} retrain {epochs} epochs"
+                         + (f" | {budget}" if budget else ""))
+        return "\n".join(lines)
+
+
+def parse_ipcs(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        ipcs = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise PlanError(f"--ipc must be comma-separated integers, got '{text}'") from exc
+    if not ipcs or any(i <= 0 for i in ipcs):
+        raise PlanError(f"--ipc values must be positive, got '{text}'")
+    return ipcs
+
+
+def expand_methods(names: list[str]) -> list[tuple[str, dict[str, Any], str]]:
+    """``all`` / names / ``file:PATH`` -> (registry name, params, label) with strict lookup."""
+    out: list[tuple[str, dict[str, Any], str]] = []
+    for raw in names:
+        raw = raw.strip()
+        if not raw:
+            continue
+        if raw.lower() == "all":
+            out.extend((e.name, {}, e.name) for e in METHODS.entries() if e.meta.get("in_all"))
+            continue
+        if raw.lower().startswith("file:"):
+            path = raw[5:]
+            if not path:
+                raise PlanError("--method file:PATH needs a path")
+            out.append(("file", {"path": path}, Path(path.partition("#")[0]).stem or "file"))
+            continue
+        entry = METHODS.entry(raw)
+        if not entry.meta.get("implemented", True):
+            entry.obj(None, 0, None)  # raises the placeholder's NotImplementedError
+        out.append((entry.name, {}, entry.name))
+    seen, unique = set(), []
+    for item in out:
+        key = (item[0], str(item[1]))
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    if not unique:
+        raise PlanError("no method selected")
+    return unique
+
+
+def plan_run(config: RunConfig) -> Plan:
+    """Resolve and validate every option (no computation yet)."""
+    preset = PRESETS.get(config.preset)
+    dataset = DATASETS.get(config.dataset or preset.dataset)
+    if dataset.needs_root and not config.data_root:
+        raise PlanError(f"dataset '{dataset.name}' needs --data-root (the '{preset.name}' preset "
+                        "reads real CIFAR from disk)")
+    ARCHS.get(config.arch)
+    ipcs = config.ipcs or list(preset.ipcs)
+    if any(i <= 0 for i in ipcs):
+        raise PlanError("--ipc values must be positive")
+    repeats = config.repeats if config.repeats is not None else preset.repeats
+    if repeats <= 0:
+        raise PlanError("--repeats must be positive")
+    cells: list[Cell] = []
+    for name, params, label in expand_methods(config.methods):
+        entry = METHODS.entry(name)
+        if entry.meta.get("ipc_independent"):
+            cells.append(Cell(name, 0, params, label))
+        elif name == "file":
+            cells.append(Cell(name, -1, params, label))  # IPC read from the file
+        else:
+            cells.extend(Cell(name, ipc, {**preset.params_for(name, ipc), **params}, label)
+                         for ipc in ipcs)
+    attack_specs = attacks_mod.parse_attacks(config.attacks)
+    modes = attacks_mod.parse_modes(config.modes)
+    threats = attacks_mod.parse_threat_models(config.threat_models)
+    n_test = config.test_subset if config.test_subset is not None else preset.test_subset
+    if n_test is not None and n_test <= 0:
+        raise PlanError("--test-subset must be positive")
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    out = Path(config.out) if config.out else Path("results") / "runs" / run_id
+    return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
+                device, out, run_id)
+
+
+# -- stages --------------------------------------------------------------------------------
+def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable[[str], None]
+            ) -> tuple[DistilledSet, str]:
+    """The distilled set of ``cell`` (from the cache when possible) and its cache key."""
+    entry = METHODS.entry(cell.method)
+    ipc = cell.ipc
+    key = content_key(stage="distill", method=cell.method, dataset=plan.dataset.name, ipc=ipc,
+                      preset=plan.preset.name, seed=plan.config.seed, params=cell.params,
+                      code=code_version(entry.obj), version=__version__,
+                      data_root=str(plan.config.data_root or ""))
+    path = cache.distilled(key)
+    cacheable = not entry.meta.get("ipc_independent")
+    if cacheable and path.exists() and not plan.config.fresh:
+        return DistilledSet.load(path), key
+    if ipc > 0:
+        for c in range(train.num_classes):
+            have = int((train.labels == c).sum())
+            if have < ipc:
+                raise DataError(f"IPC {ipc} is larger than class {c}'s {have} training images")
+    ckpt_path = cache.checkpoint(key)
+    if plan.config.fresh and ckpt_path.exists():
+        ckpt_path.unlink()
+
+    def save_checkpoint(state: dict[str, Any], iteration: int) -> None:
+        atomic_torch_save({"state": state, "iteration": iteration}, ckpt_path)
+
+    def resume() -> tuple[dict[str, Any], int] | None:
+        if not ckpt_path.exists():
+            return None
+        obj = load_tensor_file(ckpt_path, "distillation checkpoint")
+        log(f"  resuming {cell.method} IPC {ipc} from iteration {obj['iteration']}")
+        return obj["state"], int(obj["iteration"])
+
+    cfg = MethodConfig(seed=plan.config.seed, preset=plan.preset.name, dataset=plan.dataset,
+                       params=dict(cell.params), device=plan.device,
+                       show_progress=plan.config.show_progress, checkpoint=save_checkpoint,
+                       resume=resume)
+    result = entry.obj(train, max(ipc, 0), cfg)
+    if not isinstance(result, DistilledSet):
+        raise RomeBenchError(f"method '{cell.method}' returned {type(result).__name__}, "
+                             "not a DistilledSet")
+    result.images = result.images.detach().cpu().float()
+    result.labels = result.labels.detach().cpu()
+    result.validate(plan.dataset.num_classes, plan.dataset.channels,
+                    f"output of method '{cell.method}'")
+    result.meta = {**result.meta, "method": cell.label or cell.method,
+                   "dataset": plan.dataset.name, "ipc": result.ipc if ipc <= 0 else ipc,
+                   "preset": plan.preset.name, "seed": plan.config.seed, "version": __version__,
+                   "created": datetime.now().isoformat(timespec="seconds")}
+    if cacheable:
+        result.save(path)
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+    return result, key
+
+
+def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, plan: Plan,
+            cache: Cache) -> tuple[Classifier, str]:
+    """A freshly trained model on ``distilled`` (cached by everything that determines it)."""
+    entry = METHODS.entry(cell.method)
+    augment = bool(distilled.meta.get("augment", entry.meta.get("retrain_augment", True)))
+    if entry.meta.get("ipc_independent"):
+        epochs = plan.preset.full_epochs
+    else:
+        epochs = plan.preset.epochs(distilled.ipc, augment)
+    cfg = train_mod.TrainConfig(epochs=epochs, lr=float(distilled.meta.get("lr", 0.01)),
+                                augment=augment)
+    seed = plan.config.seed * 1000 + repeat
+    key = content_key(stage="retrain", distilled=distill_key, arch=plan.config.arch, cfg=cfg,
+                      seed=seed, code=code_version(train_mod), version=__version__)
+    path = cache.model(key)
+
+    def fresh_model() -> Classifier:
+        torch.manual_seed(seed)
+        return build_model(plan.config.arch, num_classes=plan.dataset.num_classes,
+                           channels=plan.dataset.channels, image_size=plan.dataset.image_size,
+                           mean=plan.dataset.mean, std=plan.dataset.std)
+
+    model = fresh_model()
+    if path.exists() and not plan.config.fresh:
+        model.load_state_dict(load_tensor_file(path, "cached model"))
+        return model.eval(), key
+    dsa = DSA(plan.dataset.mean, plan.dataset.std) if augment else None
+    label = cell.label or cell.method
+    ipc_txt = "full" if cell.ipc == 0 else f"ipc{distilled.ipc}"
+    with tqdm(total=epochs, desc=f"retrain {label} {ipc_txt} #{repeat}", leave=False,
+              disable=not plan.config.show_progress, dynamic_ncols=True) as bar:
+        train_mod.train_model(model, distilled.images, distilled.labels, cfg, augment=dsa,
+                              seed=seed, device=plan.device, progress=bar.update)
+    atomic_torch_save(model.cpu().state_dict(), path)
+    return model.eval(), key
+
+
+def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpec | None, mode: str,
+            threat_model: str, plan: Plan, cache: Cache) -> dict[str, Any]:
+    """One measurement (clean when ``attack`` is None), cached by model, attack and test set."""
+    overrides = plan.preset.attack_overrides.get(attack.name, {}) if attack else {}
+    key = content_key(stage="measure", model=model_key, attack=attack.name if attack else "clean",
+                      params=attack.params if attack else None, overrides=overrides, mode=mode,
+                      threat=threat_model, test=plan.test_subset, dataset=plan.dataset.name,
+                      data_root=str(plan.config.data_root or ""), seed=plan.config.seed,
+                      code=code_version(attacks_mod), version=__version__)
+    path = cache.measurement(key)
+    cached = None if plan.config.fresh else read_json(path)
+    if cached is not None:
+        return cached
+    if attack is None:
+        res = clean_accuracy(model, test.images, test.labels, threat_model=threat_model,
+                             batch_size=plan.preset.attack_batch_size, device=plan.device)
+    else:
+        res = run_attack(attack, model, test.images, test.labels, mode=mode,
+                         threat_model=threat_model, num_classes=plan.dataset.num_classes,
+                         batch_size=plan.preset.attack_batch_size, device=plan.device,
+                         seed=plan.config.seed, overrides=overrides)
+    out = {"attack": res.attack, "mode": res.mode, "accuracy": res.accuracy,
+           "seconds": res.seconds, "n_images": res.n_images, "eps": res.eps}
+    atomic_write_json(path, out)
+    return out
+
+
+def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan, cache: Cache, *,
+                   method: str, ipc: int, repeat: int, source_note: str = "") -> list[Record]:
+    """Clean accuracy and every (attack, mode) under every threat model, as records."""
+    jobs: list[tuple[AttackSpec | None, str, str]] = []
+    for threat in plan.threat_models:
+        jobs.append((None, "clean", threat))
+        for atk in plan.attacks:
+            for mode in plan.modes:
+                if mode == "targeted" and not atk.targeted:
+                    continue  # no targeted mode: left out of targeted tables, as published
+                jobs.append((atk, mode, threat))
+    vers = versions()
+    records = []
+    desc = f"attack {method} " + ("full" if ipc == 0 else f"ipc{ipc}") + f" #{repeat}"
+    for atk, mode, threat in tqdm(jobs, desc=desc, leave=False, dynamic_ncols=True,
+                                  disable=not plan.config.show_progress):
+        m = measure(model, model_key, test, atk, mode, threat, plan, cache)
+        records.append(Record(
+            run_id=plan.run_id, method=method, dataset=plan.dataset.name, ipc=ipc,
+            seed=plan.config.seed, repeat=repeat, arch=plan.config.arch, preset=plan.preset.name,
+            threat_model=threat, setting=atk.setting if atk else "white-box", source_model=None,
+            mode=mode, attack=m["attack"], eps=m["eps"], accuracy=m["accuracy"],
+            seconds=m["seconds"], n_images=m["n_images"], versions=vers))
+    return records
+
+
+def load_test_set(plan: Plan) -> ImageSet:
+    test = load_dataset(plan.dataset.name, "test", plan.config.data_root, plan.config.download)
+    return test_subset(test, plan.test_subset, seed=0)
+
+
+def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, list[Record]]:
+    """Run the benchmark; returns the plan and all records (also written to ``plan.out``)."""
+    plan = plan_run(config)
+    echo(plan.describe())
+    cache = Cache()
+    train = load_dataset(plan.dataset.name, "train", config.data_root, config.download)
+    test = load_test_set(plan)
+    store = RecordStore(plan.out / "records.jsonl")
+    all_records: list[Record] = []
+    for cell in tqdm(plan.cells, desc="cells", disable=not config.show_progress,
+                     dynamic_ncols=True):
+        distilled, dkey = distill(cell, train, plan, cache, echo)
+        ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
+        for repeat in range(plan.repeats):
+            model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache)
+            recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
+                                  ipc=ipc, repeat=repeat)
+            store.append(recs)
+            all_records.extend(recs)
+    return plan, all_records
+
+
+def checkpoint_ipc(path: str) -> int:
+    """IPC from a published checkpoint name such as ``DC_ConvNet_CIFAR10_50_None.pth`` (0 if none)."""
+    m = re.search(r"_CIFAR1?0{1,2}_(\d+)_", Path(path).name, re.IGNORECASE)
+    return int(m.group(1)) if m else 0
+
+
+def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
+                         ipc: int | None = None, echo: Callable[[str], None] = print
+                         ) -> tuple[Plan, list[Record]]:
+    """Evaluate published trained models (``NAME=PATH``) without retraining."""
+    from rome_bench.models import load_dc_checkpoint
+
+    plan = plan_run(replace(config, methods=["random"]))
+    plan.cells = []
+    cache = Cache()
+    models = []
+    for name, path in checkpoints:  # validate every file before the first forward pass
+        model = load_dc_checkpoint(path, config.arch, num_classes=plan.dataset.num_classes,
+                                   mean=plan.dataset.mean, std=plan.dataset.std,
+                                   channels=plan.dataset.channels,
+                                   image_size=plan.dataset.image_size)
+        key = content_key(stage="checkpoint", sha=_sha256(path), arch=config.arch)
+        models.append((name, path, model, key))
+    echo(f"rome-bench {__version__}: evaluating {len(models)} checkpoint(s) on {plan.dataset.name} "
+         f"({plan.test_subset or 'all'} test images), preset {plan.preset.name}, threat "
+         f"{', '.join(plan.threat_models)}, output {plan.out}")
+    test = load_test_set(plan)
+    store = RecordStore(plan.out / "records.jsonl")
+    records: list[Record] = []
+    for name, path, model, key in models:
+        recs = evaluate_model(model, key, test, plan, cache, method=name,
+                              ipc=ipc if ipc is not None else checkpoint_ipc(path), repeat=0)
+        store.append(recs)
+        records.extend(recs)
+    return plan, records
+
+
+def evaluate_distilled(config: RunConfig, paths: list[str], echo: Callable[[str], None] = print
+                       ) -> tuple[Plan, list[Record]]:
+    """Retrain on given distilled-set files and evaluate (same as ``run --method file:PATH``)."""
+    return run(replace(config, methods=[f"file:{p}" for p in paths]), echo)
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def warn(msg: str) -> None:
+    print(msg, file=sys.stderr)

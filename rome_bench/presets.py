@@ -1,0 +1,113 @@
+"""Budgets: ``quick`` (the default), ``cpu`` and ``paper``, in one table.
+
+``paper`` is the published protocol (a GPU job). ``cpu`` and ``quick`` keep every algorithm
+and every attack but scale budgets; each preset states what it scales in ``scaled``, which
+``rome-bench list presets`` prints and every record carries through its ``preset`` field.
+Per-method budgets live in ``method_params`` (filled in by the methods' issues), keyed by method
+name and then ``"all"`` or an IPC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rome_bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One column of the presets table."""
+
+    name: str
+    description: str
+    scaled: str
+    dataset: str
+    ipcs: tuple[int, ...]
+    repeats: int
+    test_subset: int | None
+    retrain_epochs: dict[int, int]
+    retrain_epochs_noaug: dict[int, int]
+    full_epochs: int
+    attack_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attack_batch_size: int = 500
+    method_params: dict[str, dict[Any, dict[str, Any]]] = field(default_factory=dict)
+
+    def epochs(self, ipc: int, augment: bool) -> int:
+        """Retraining epochs for a set of ``ipc`` images per class (nearest listed IPC)."""
+        table = self.retrain_epochs if augment else self.retrain_epochs_noaug
+        if ipc in table:
+            return table[ipc]
+        nearest = min(table, key=lambda k: (abs(k - ipc), k))
+        return table[nearest]
+
+    def params_for(self, method: str, ipc: int) -> dict[str, Any]:
+        """The method's hyperparameters at this preset: ``"all"`` merged with the IPC's entry."""
+        table = self.method_params.get(method, {})
+        out = dict(table.get("all", {}))
+        out.update(table.get(ipc, {}))
+        return out
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+PRESETS.add("paper", Preset(
+    name="paper",
+    description="the published protocol: full test set, 1000 retraining epochs, every attack "
+                "at its paper parameters (GPU)",
+    scaled="nothing",
+    dataset="cifar10",
+    ipcs=(1, 10, 50),
+    repeats=5,
+    test_subset=None,
+    retrain_epochs={1: 1000, 10: 1000, 50: 1000},
+    retrain_epochs_noaug={1: 300, 10: 300, 50: 300},
+    full_epochs=100,
+    attack_batch_size=500,
+), description="published protocol (GPU job)")
+
+PRESETS.add("cpu", Preset(
+    name="cpu",
+    description="real CIFAR-10 from --data-root, faithful algorithms, budgets scaled for 2 CPU "
+                "cores (hours for --method all at IPC 1 and 10)",
+    scaled="retraining epochs 300 (IPC 1) / 150 (IPC 10) / 50 (IPC 50) instead of 1000 (DC: "
+           "300/100/30 instead of 300); full-size 10 epochs; 3 models per cell; attacks on a "
+           "class-balanced subset of 1000 test images; CW 30 steps, DeepFool 20 steps; "
+           "method budgets per method (see method_params)",
+    dataset="cifar10",
+    ipcs=(1, 10),
+    repeats=3,
+    test_subset=1000,
+    retrain_epochs={1: 300, 10: 150, 50: 50},
+    retrain_epochs_noaug={1: 300, 10: 100, 50: 30},
+    full_epochs=10,
+    attack_overrides={"CW": {"steps": 30}, "DeepFool": {"steps": 20}},
+    attack_batch_size=500,
+), description="scaled for 2 CPU cores (hours)")
+
+PRESETS.add("quick", Preset(
+    name="quick",
+    description="the embedded cifar10-mini subset (2,000 train / 500 test images), scaled "
+                "budgets, every method and attack kind, both modes: minutes on 2 cores",
+    scaled="data: embedded 2,000-image train subset; retraining epochs 200 (IPC 1) / 60 (IPC 10) "
+           "/ 20 (IPC 50) instead of 1000 (DC: 200/40/15 instead of 300); full-size 15 epochs on "
+           "the subset; 1 model per cell; attacks on a class-balanced subset of 100 test "
+           "images; CW 10 steps, DeepFool 10 steps, AutoAttack with the 'standard' attacks but "
+           "Square at 500 queries; method budgets per method (see method_params)",
+    dataset="cifar10-mini",
+    ipcs=(1, 10),
+    repeats=1,
+    test_subset=100,
+    retrain_epochs={1: 200, 10: 60, 50: 20},
+    retrain_epochs_noaug={1: 200, 10: 40, 50: 15},
+    full_epochs=15,
+    attack_overrides={"CW": {"steps": 10}, "DeepFool": {"steps": 10},
+                      "AutoAttack": {"square_queries": 500}},
+    attack_batch_size=500,
+), description="embedded subset, minutes (default)")
+
+DEFAULT_PRESET = "quick"
+
+
+def get_preset(name: str) -> Preset:
+    return PRESETS.get(name)
