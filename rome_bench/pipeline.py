@@ -28,7 +28,7 @@ from rome_bench.augment import DSA
 from rome_bench.cache import Cache, code_version, content_key
 from rome_bench.data import DATASETS, DataError, DatasetSpec, ImageSet, load_dataset, test_subset
 from rome_bench.distilled import DistilledSet
-from rome_bench.methods import METHODS, MethodConfig
+from rome_bench.methods import METHODS, MethodConfig, resolve_budget
 from rome_bench.models import ARCHS, Classifier, build_model, load_tensor_file
 from rome_bench.presets import DEFAULT_PRESET, PRESETS, Preset
 from rome_bench.records import Record, RecordStore, versions
@@ -179,7 +179,9 @@ def plan_run(config: RunConfig) -> Plan:
         elif name == "file":
             cells.append(Cell(name, -1, params, label))  # IPC read from the file
         else:
-            cells.extend(Cell(name, ipc, {**preset.params_for(name, ipc), **params}, label)
+            cells.extend(Cell(name, ipc, {**resolve_budget(entry.meta.get("budgets", {}),
+                                                            preset.name, ipc),
+                                          **preset.params_for(name, ipc), **params}, label)
                          for ipc in ipcs)
     attack_specs = attacks_mod.parse_attacks(config.attacks)
     modes = attacks_mod.parse_modes(config.modes)

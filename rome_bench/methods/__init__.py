@@ -31,9 +31,12 @@ MethodFn = Callable[[ImageSet, int, "MethodConfig"], DistilledSet]
 METHODS: Registry[MethodFn] = Registry("method", entry_point_group="rome_bench.methods")
 
 
+Budgets = dict[str, dict[Any, dict[str, Any]]]
+
+
 def register_method(name: str, *aliases: str, description: str = "", retrain_augment: bool = True,
-                     ipc_independent: bool = False, in_all: bool = True,
-                     implemented: bool = True) -> Callable[[MethodFn], MethodFn]:
+                    ipc_independent: bool = False, in_all: bool = True, implemented: bool = True,
+                    budgets: Budgets | None = None) -> Callable[[MethodFn], MethodFn]:
     """Register a distillation method.
 
     Args:
@@ -44,6 +47,9 @@ def register_method(name: str, *aliases: str, description: str = "", retrain_aug
         ipc_independent: the result does not depend on the IPC (``full``); built once.
         in_all: part of ``--method all``.
         implemented: False for placeholders that raise NotImplementedError; never in ``all``.
+        budgets: hyperparameters per preset, ``{preset: {"all": {...}, ipc: {...}}}``; the
+            pipeline resolves them (plus any preset override) into ``cfg.params`` and prints
+            them in the run plan. The ``paper`` entry holds the published values.
 
     >>> @register_method("doc-first-images", description="first ipc images per class")
     ... def first_images(train, ipc, cfg):
@@ -57,7 +63,20 @@ def register_method(name: str, *aliases: str, description: str = "", retrain_aug
         METHODS._remove(existing)  # a real implementation replaces its placeholder
     return METHODS.register(name, *aliases, description=description,
                             retrain_augment=retrain_augment, ipc_independent=ipc_independent,
-                            in_all=in_all and implemented, implemented=implemented)
+                            in_all=in_all and implemented, implemented=implemented,
+                            budgets=budgets or {})
+
+
+def resolve_budget(budgets: Budgets, preset: str, ipc: int) -> dict[str, Any]:
+    """``budgets[preset]["all"]`` updated with ``budgets[preset][ipc]`` (nearest listed IPC)."""
+    table = budgets.get(preset, {})
+    out = dict(table.get("all", {}))
+    ipc_keys = [k for k in table if isinstance(k, int)]
+    if ipc in table:
+        out.update(table[ipc])
+    elif ipc_keys:
+        out.update(table[min(ipc_keys, key=lambda k: (abs(k - ipc), k))])
+    return out
 
 
 def not_implemented_method(name: str, issue: int, what: str) -> None:
