@@ -28,7 +28,7 @@ LINE = re.compile(
 # BEARD's spellings -> DESIGN section 4 names
 ATTACK_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "pgdl2": "PGD-L2", "pgd-l2": "PGD-L2", "cw": "CW",
                 "deepfool": "DeepFool", "autoattack": "AutoAttack", "aa": "AutoAttack",
-                "mifgsm": "MIFGSM", "square": "Square", "spsa": "SPSA", "clean": "clean"}
+                "mifgsm": "MIFGSM", "square": "Square", "spsa": "SPSA", "clean": "clean"}  # '_' read as '-' 
 UNTARGETED_ONLY = {"DeepFool", "AutoAttack"}
 DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100"}
 
@@ -54,7 +54,9 @@ def parse_beard_logs(paths: list[str | Path], run_id: str = "beard-import") -> l
             if m is None:
                 raise BeardLogError(f"{path}:{lineno}: malformed BEARD result line: {line.strip()[:120]}")
             raw_attack = m["attack"]
-            attack = ATTACK_NAMES.get(raw_attack.lower())
+            key = raw_attack.lower().replace("_", "-")
+            sweep = re.fullmatch(r"pgd-e(\d+)", key)
+            attack = f"PGD-eps{sweep.group(1)}" if sweep else ATTACK_NAMES.get(key)
             if attack is None:
                 raise BeardLogError(f"{path}:{lineno}: unknown attack '{raw_attack}'")
             dataset = DATASETS.get(m["dataset"].lower(), m["dataset"].lower())

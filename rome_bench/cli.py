@@ -115,14 +115,15 @@ def _finish(plan, records, alpha: float) -> None:
     if not records:
         click.echo("no records were produced")
         return
-    paths = report.write_tables(records, plan.out, alpha)
+    if alpha != 0.5:  # the run wrote its tables with the default; rewrite with the chosen alpha
+        report.write_tables(records, plan.out, alpha)
     click.echo("")
     if report.has_attacks(records):
         click.echo(report.format_table1(records, "markdown", alpha))
         click.echo("")
     click.echo(report.format_accuracy(records, "markdown"))
     click.echo(f"\nrecords: {plan.out / 'records.jsonl'}")
-    click.echo("tables:  " + ", ".join(str(p) for p in paths))
+    click.echo(f"tables:  {plan.out}/tables.md (+ CSV and LaTeX files)")
 
 
 # -- run ----------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def class_balanced_indices(labels: torch.Tensor, per_class: int, num_classes: in
     return torch.cat(chosen).sort().values
 
 
-def test_subset(test: ImageSet, n: int | None, seed: int = 0) -> ImageSet:
+def take_test_subset(test: ImageSet, n: int | None, seed: int = 0) -> ImageSet:
     """The fixed class-balanced subset of ``n`` test images (all of them when ``n`` is None)."""
     if n is None or n >= len(test):
         return test

@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 
 from rome_bench import __version__
 from rome_bench import attacks as attacks_mod
+from rome_bench import report
 from rome_bench import train as train_mod
 from rome_bench.attacks import AttackSpec, clean_accuracy, run_attack
 from rome_bench.augment import DSA
 from rome_bench.cache import Cache, code_version, content_key
-from rome_bench.data import DATASETS, DataError, DatasetSpec, ImageSet, load_dataset, test_subset
+from rome_bench.data import DATASETS, DataError, DatasetSpec, ImageSet, load_dataset, take_test_subset
 from rome_bench.distilled import DistilledSet
 from rome_bench.methods import METHODS, MethodConfig, resolve_budget
 from rome_bench.models import ARCHS, Classifier, build_model, load_tensor_file
@@ -344,11 +345,15 @@ def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan
 
 def load_test_set(plan: Plan) -> ImageSet:
     test = load_dataset(plan.dataset.name, "test", plan.config.data_root, plan.config.download)
-    return test_subset(test, plan.test_subset, seed=0)
+    return take_test_subset(test, plan.test_subset, seed=0)
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, list[Record]]:
-    """Run the benchmark; returns the plan and all records (also written to ``plan.out``)."""
+    """Run the benchmark; returns the plan and all records (also written to ``plan.out``).
+
+    Records are appended after every model; the tables (markdown, CSV, LaTeX) are written to
+    ``plan.out`` at the end.
+    """
     plan = plan_run(config)
     echo(plan.describe())
     cache = Cache()
@@ -366,6 +371,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
                                   ipc=ipc, repeat=repeat)
             store.append(recs)
             all_records.extend(recs)
+    if all_records:
+        report.write_tables(all_records, plan.out)
     return plan, all_records
 
 
@@ -403,6 +410,8 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
                               ipc=ipc if ipc is not None else checkpoint_ipc(path), repeat=0)
         store.append(recs)
         records.extend(recs)
+    if records:
+        report.write_tables(records, plan.out)
     return plan, records
 
 

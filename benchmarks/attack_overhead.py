@@ -1,0 +1,74 @@
+"""Attack-suite overhead: rome-bench's ``run_attack`` against bare torchattacks calls.
+
+Same published ConvNet (BEARD's DC checkpoint), same test images, same attack objects and
+parameters; the bare loop builds each torchattacks attack itself, attacks the batch and
+predicts. Runs alternate per attack; the ratio of the totals is printed. Goal: <= 1.05.
+
+    python benchmarks/attack_overhead.py [--images 100] [--attacks FGSM,PGD,PGD-L2,CW,DeepFool,AutoAttack]
+
+CW and DeepFool use the quick preset's reduced steps and AutoAttack's Square 500 queries unless
+``--paper`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from rome_bench.attacks import ATTACKS, build_attack, run_attack
+from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset, take_test_subset
+from rome_bench.models import load_dc_checkpoint
+from rome_bench.presets import PRESETS
+
+POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beard_model_pool"
+
+
+def bare(spec, model, x, y, mode, overrides):
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    atk = build_attack(spec, model, overrides=overrides)
+    if mode == "targeted":
+        atk.set_mode_targeted_by_function(lambda _x, lab: (lab + 1) % 10, quiet=True)
+    adv = atk(x, y)
+    with torch.no_grad():
+        acc = float((model(adv).argmax(1) == y).float().mean()) * 100
+    return time.perf_counter() - start, acc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--attacks", default="FGSM,PGD,PGD-L2,CW,DeepFool,AutoAttack")
+    ap.add_argument("--checkpoint", type=Path, default=next(POOL.glob("DC_*.pth"), None))
+    ap.add_argument("--paper", action="store_true", help="paper parameters (slow on CPU)")
+    args = ap.parse_args()
+    model = load_dc_checkpoint(args.checkpoint, "convnet", num_classes=10, mean=CIFAR10_MEAN,
+                               std=CIFAR10_STD)
+    test = take_test_subset(load_dataset("cifar10-mini", "test"), args.images)
+    x, y = test.images, test.labels
+    overrides_by_name = {} if args.paper else PRESETS.get("quick").attack_overrides
+    total_ours = total_bare = 0.0
+    print(f"{len(x)} images, checkpoint {args.checkpoint.name}, {torch.get_num_threads()} threads")
+    print(f"  {'attack':<22}{'rome-bench s':>13}{'bare s':>9}{'ratio':>8}  acc ours/bare")
+    for name in args.attacks.split(","):
+        spec = ATTACKS.get(name)
+        overrides = overrides_by_name.get(spec.name, {})
+        for mode in ("targeted", "untargeted"):
+            if mode == "targeted" and not spec.targeted:
+                continue
+            res = run_attack(spec, model, x, y, mode=mode, batch_size=len(x), seed=0,
+                             overrides=overrides)
+            t_bare, acc_bare = bare(spec, model, x, y, mode, overrides)
+            total_ours += res.seconds
+            total_bare += t_bare
+            print(f"  {spec.name + ' ' + mode:<22}{res.seconds:13.2f}{t_bare:9.2f}"
+                  f"{res.seconds / t_bare:8.3f}  {res.accuracy:.1f}/{acc_bare:.1f}")
+    print(f"  {'total':<22}{total_ours:13.2f}{total_bare:9.2f}{total_ours / total_bare:8.3f}"
+          "   (goal <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()

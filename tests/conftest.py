@@ -1,0 +1,65 @@
+"""Shared fixtures: real data from ../shared (never downloaded), an isolated cache per test."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__import__("os").environ.get("ROME_BENCH_SHARED", REPO.parent / "shared"))
+CIFAR10 = SHARED / "data" / "cifar10"
+POOL = SHARED / "data" / "beard_model_pool"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own cache so nothing leaks between tests or into ~/.cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ROME_BENCH_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def cifar10_root() -> Path:
+    assert (CIFAR10 / "test.npz").exists(), (
+        f"real CIFAR-10 expected at {CIFAR10} (see the README's data section)")
+    return CIFAR10
+
+
+@pytest.fixture(scope="session")
+def pool_dir() -> Path:
+    assert (POOL / "MANIFEST").exists(), f"BEARD model pool expected at {POOL}"
+    return POOL
+
+
+def write_cifar_batch(path: Path, x: np.ndarray, labels: np.ndarray, key: str = "labels") -> None:
+    """A file in the official CIFAR python layout (rows of 3072 uint8, channel-major)."""
+    rows = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+    with open(path, "wb") as f:
+        pickle.dump({"data": rows, key: [int(v) for v in labels],
+                     "batch_label": "test batch"}, f)
+
+
+@pytest.fixture
+def tiny_images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10
+
+
+def register_unit_preset() -> None:
+    """A tiny preset for pipeline tests (3 epochs, 20 test images): exercises every stage fast."""
+    from rome_bench.presets import PRESETS, Preset
+
+    if "unit" in PRESETS:
+        return
+    PRESETS.add("unit", Preset(
+        name="unit", description="test-only", scaled="everything (tests)", dataset="cifar10-mini",
+        ipcs=(1, 2), repeats=1, test_subset=20, retrain_epochs={1: 3}, retrain_epochs_noaug={1: 3},
+        full_epochs=1, attack_overrides={"CW": {"steps": 2}, "DeepFool": {"steps": 2},
+                                         "AutoAttack": {"square_queries": 10}}))
+
+
+register_unit_preset()

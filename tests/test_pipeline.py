@@ -1,0 +1,146 @@
+"""End-to-end pipeline: records, determinism, cache, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rome_bench import pipeline
+from rome_bench.cli import main
+from rome_bench.records import read_records
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS = {"run_id", "method", "dataset", "ipc", "seed", "repeat", "arch", "preset", "threat_model",
+          "setting", "source_model", "mode", "attack", "eps", "accuracy", "seconds", "n_images",
+          "created", "versions"}
+
+
+def config(tmp_path, **kw):
+    base = dict(methods=["random", "full"], preset="unit", attacks="FGSM,DeepFool",
+                out=str(tmp_path / "run"), show_progress=False)
+    base.update(kw)
+    return pipeline.RunConfig(**base)
+
+
+def test_records_have_the_design_fields_and_cover_every_cell(tmp_path):
+    plan, records = pipeline.run(config(tmp_path), echo=lambda s: None)
+    rows = [json.loads(line) for line in (plan.out / "records.jsonl").read_text().splitlines()]
+    assert rows and all(set(r) == FIELDS for r in rows)
+    cells = {(r["method"], r["ipc"]) for r in rows}
+    assert cells == {("random", 1), ("random", 2), ("full", 0)}
+    modes = {(r["attack"], r["mode"]) for r in rows if r["method"] == "random" and r["ipc"] == 1}
+    # DeepFool has no targeted mode, so it is left out of targeted measurements
+    assert modes == {("clean", "clean"), ("FGSM", "targeted"), ("FGSM", "untargeted"),
+                     ("DeepFool", "untargeted")}
+    assert all(r["preset"] == "unit" and r["threat_model"] == "standard" for r in rows)
+    assert (plan.out / "tables.md").exists() and (plan.out / "table1_standard_unit.csv").exists()
+
+
+def test_same_seed_same_records_and_cache_skips_work(tmp_path, monkeypatch):
+    _, first = pipeline.run(config(tmp_path, methods=["random"], out=str(tmp_path / "a"), fresh=True),
+                            echo=lambda s: None)
+    _, again = pipeline.run(config(tmp_path, methods=["random"], out=str(tmp_path / "b"), fresh=True),
+                            echo=lambda s: None)
+    key = lambda r: (r.method, r.ipc, r.attack, r.mode)  # noqa: E731
+    assert [(key(r), r.accuracy) for r in first] == [(key(r), r.accuracy) for r in again]
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached run must not retrain")
+
+    monkeypatch.setattr(pipeline.train_mod, "train_model", no_training)
+    monkeypatch.setattr(pipeline, "run_attack", no_training)
+    _, cached = pipeline.run(config(tmp_path, methods=["random"], out=str(tmp_path / "c")),
+                             echo=lambda s: None)
+    assert [(key(r), r.accuracy, r.seconds) for r in cached] == [
+        (key(r), r.accuracy, r.seconds) for r in again]
+
+
+def test_different_seed_changes_the_random_baseline(tmp_path):
+    _, a = pipeline.run(config(tmp_path, methods=["random"], attacks="none", seed=0,
+                               out=str(tmp_path / "a")), echo=lambda s: None)
+    _, b = pipeline.run(config(tmp_path, methods=["random"], attacks="none", seed=1,
+                               out=str(tmp_path / "b")), echo=lambda s: None)
+    cache_sets = sorted((Path(os.environ["ROME_BENCH_CACHE"]) / "distilled").glob("*.pt"))
+    assert len(cache_sets) == 4  # 2 IPCs x 2 seeds
+    sets = [torch.load(p, weights_only=True)["images"] for p in cache_sets]
+    assert not all(torch.equal(sets[0], s) for s in sets[1:] if s.shape == sets[0].shape)
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import conftest  # registers the 'unit' preset
+from rome_bench.cli import main
+main()
+"""
+
+
+def _driver(tmp_path):
+    path = tmp_path / "driver.py"
+    path.write_text(DRIVER.format(tests=str(REPO / "tests")))
+    return path
+
+
+def test_killed_run_resumes_from_the_cache(tmp_path):
+    env = {**os.environ, "ROME_BENCH_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, str(_driver(tmp_path)), "run", "--method", "random", "--ipc",
+            "1,2,3,4,5,6", "--preset", "unit", "--attacks", "FGSM", "--quiet"]
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "killed")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = tmp_path / "killed" / "records.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (records.exists() and records.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = read_records([records])  # whole lines only, never a truncated record
+    done_cells = {r.ipc for r in killed}
+    assert 1 in done_cells and len(done_cells) < 6, "the kill should land mid-run"
+    models_before = set((tmp_path / "cache" / "models").glob("*.pt"))
+    subprocess.run(args + ["--out", str(tmp_path / "resumed")], env=env, check=True,
+                   capture_output=True)
+    resumed = read_records([tmp_path / "resumed" / "records.jsonl"])
+    assert {r.ipc for r in resumed} == {1, 2, 3, 4, 5, 6}
+    # finished cells came from the cache: identical measurements, including the timings
+    same = {(r.ipc, r.attack, r.mode): (r.accuracy, r.seconds) for r in killed}
+    for r in resumed:
+        if (r.ipc, r.attack, r.mode) in same:
+            assert same[(r.ipc, r.attack, r.mode)] == (r.accuracy, r.seconds)
+    models_after = set((tmp_path / "cache" / "models").glob("*.pt"))
+    assert models_before <= models_after and len(models_after) == 6
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_csv_table_refuses_mixed_threat_models(tmp_path):
+    plan, _ = pipeline.run(config(tmp_path, methods=["random"], ipcs=[1], attacks="FGSM",
+                                  threat_models="standard,beard-compat"), echo=lambda s: None)
+    res = CliRunner().invoke(main, ["table", str(plan.out), "--format", "csv"])
+    assert res.exit_code != 0 and "choose with --threat-model" in res.stderr
+    md = CliRunner().invoke(main, ["table", str(plan.out)]).output
+    assert "threat model: standard" in md and "threat model: beard-compat" in md
+    res = CliRunner().invoke(main, ["table", str(plan.out), "--format", "csv", "--threat-model",
+                                    "standard"])
+    assert res.exit_code == 0 and res.output.startswith("dataset,method,targeted_RR")
+
+
+@pytest.mark.slow
+def test_default_main_job_runs_and_prints_the_table(tmp_path):
+    """`rome-bench run --method all` with no other flag (the README's first command)."""
+    res = subprocess.run([sys.executable, "-m", "rome_bench.cli", "run", "--method", "all",
+                          "--out", str(tmp_path / "run"), "--quiet"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Robustness (Table 1 layout)" in res.stdout and "Full-size" in res.stdout
+    start = time.time()
+    res2 = subprocess.run([sys.executable, "-m", "rome_bench.cli", "run", "--method", "all",
+                           "--out", str(tmp_path / "run2"), "--quiet"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert res2.returncode == 0
+    assert time.time() - start < 120  # the rerun comes from the cache
