@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rome_bench import __version__
+from rome_bench import __version__, report
 from rome_bench import attacks as attacks_mod
-from rome_bench import report
 from rome_bench import train as train_mod
 from rome_bench.attacks import AttackSpec, clean_accuracy, run_attack
 from rome_bench.augment import DSA
@@ -30,7 +29,7 @@ from rome_bench.cache import Cache, code_version, content_key
 from rome_bench.data import DATASETS, DataError, DatasetSpec, ImageSet, load_dataset, take_test_subset
 from rome_bench.distilled import DistilledSet
 from rome_bench.methods import METHODS, MethodConfig, resolve_budget
-from rome_bench.models import ARCHS, Classifier, build_model, load_tensor_file
+from rome_bench.models import ARCHS, Classifier, LinearTransform, build_model, load_tensor_file
 from rome_bench.presets import DEFAULT_PRESET, PRESETS, Preset
 from rome_bench.records import Record, RecordStore, versions
 from rome_bench.registry import RomeBenchError
@@ -263,17 +262,24 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
     else:
         epochs = plan.preset.epochs(distilled.ipc, augment)
     cfg = train_mod.TrainConfig(epochs=epochs, lr=float(distilled.meta.get("lr", 0.01)),
-                                augment=augment)
+                                augment=augment,
+                                batch_size=int(distilled.meta.get("retrain_batch_size", 256)))
     seed = plan.config.seed * 1000 + repeat
     key = content_key(stage="retrain", distilled=distill_key, arch=plan.config.arch, cfg=cfg,
                       seed=seed, code=code_version(train_mod), version=__version__)
     path = cache.model(key)
 
+    zca = distilled.meta.get("zca")
+
     def fresh_model() -> Classifier:
+        # sets distilled in a whitened space (MTT/DATM with ZCA) keep the whitening inside the
+        # model, after Normalize, so attacks still see [0,1] images
+        whitening = (LinearTransform(zca["matrix"], zca["mean"])
+                     if isinstance(zca, dict) else None)
         torch.manual_seed(seed)
         return build_model(plan.config.arch, num_classes=plan.dataset.num_classes,
                            channels=plan.dataset.channels, image_size=plan.dataset.image_size,
-                           mean=plan.dataset.mean, std=plan.dataset.std)
+                           mean=plan.dataset.mean, std=plan.dataset.std, whitening=whitening)
 
     model = fresh_model()
     if path.exists() and not plan.config.fresh:
