@@ -28,7 +28,7 @@ LINE = re.compile(
 # BEARD's spellings -> DESIGN section 4 names
 ATTACK_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "pgdl2": "PGD-L2", "pgd-l2": "PGD-L2", "cw": "CW",
                 "deepfool": "DeepFool", "autoattack": "AutoAttack", "aa": "AutoAttack",
-                "mifgsm": "MIFGSM", "square": "Square", "spsa": "SPSA", "clean": "clean"}  # '_' read as '-' 
+                "mifgsm": "MIFGSM", "square": "Square", "spsa": "SPSA", "clean": "clean"}  # '_' read as '-'
 UNTARGETED_ONLY = {"DeepFool", "AutoAttack"}
 DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100"}
 
