@@ -120,19 +120,20 @@ class Table1Row:
     ipcs: list[int]
 
 
-def table1_rows(records: list[Record], alpha: float = 0.5) -> list[Table1Row]:
-    """Pooled metrics per (dataset, method) for one group of records."""
-    rows: dict[tuple[str, str], Table1Row] = {}
-    metric_rows: list[MetricRow] = metric_table(records, alpha=alpha)
+def table1_rows(records: list[Record], alpha: float = 0.5, per_ipc: bool = False) -> list[Table1Row]:
+    """Metrics per (dataset, method), pooled over IPCs (or one row per IPC with ``per_ipc``)."""
+    rows: dict[tuple, Table1Row] = {}
+    metric_rows: list[MetricRow] = metric_table(records, alpha=alpha, per_ipc=per_ipc)
     ipcs: dict[tuple[str, str], set[int]] = defaultdict(set)
     for r in records:
         ipcs[(r.dataset, r.method)].add(r.ipc)
     for mr in metric_rows:
-        k = (mr.key.dataset, mr.key.method)
-        row = rows.setdefault(k, Table1Row(k[0], k[1], {}, mr.repeats, sorted(ipcs[k])))
+        k = (mr.key.dataset, mr.key.method, mr.key.ipc)
+        shown = [mr.key.ipc] if per_ipc else sorted(ipcs[k[:2]])
+        row = rows.setdefault(k, Table1Row(k[0], k[1], {}, mr.repeats, shown))
         for m in METRICS:
             row.cells[f"{mr.key.mode}_{m}"] = mr.values[m]
-    return sorted(rows.values(), key=lambda r: (r.dataset, _method_order(r.method)))
+    return sorted(rows.values(), key=lambda r: (r.dataset, _method_order(r.method), r.ipcs))
 
 
 def _rank_marks(rows: list[Table1Row]) -> dict[tuple[int, str], str]:
@@ -158,7 +159,7 @@ def _rank_marks(rows: list[Table1Row]) -> dict[tuple[int, str], str]:
 
 def format_table1(records: list[Record], fmt: str = "markdown", alpha: float = 0.5,
                   reference: str | None = None, threat_model: str | None = None,
-                  preset: str | None = None) -> str:
+                  preset: str | None = None, per_ipc: bool = False) -> str:
     """The paper's Table 1 layout (rows = methods; targeted / untargeted RR, CREI, I-RR, I-CREI)."""
     if fmt not in FORMATS:
         raise ReportError(f"Unknown format '{fmt}'. Available: {', '.join(FORMATS)}")
@@ -169,7 +170,9 @@ def format_table1(records: list[Record], fmt: str = "markdown", alpha: float = 0
     ref = load_reference(reference) if reference else None
     parts = []
     for g in groups:
-        rows = table1_rows(g.records, alpha)
+        rows = table1_rows(g.records, alpha, per_ipc)
+        if per_ipc and fmt != "csv":
+            ref = None  # the published table is pooled over IPCs only
         parts.append(_render_table1(rows, fmt, g, ref))
     return "\n\n".join(parts)
 
@@ -215,7 +218,8 @@ def _render_table1(rows: list[Table1Row], fmt: str, group: TableGroup,
     headers = ["Dataset", "Method", "IPC"] + [
         f"{'T' if c.startswith('targeted') else 'U'} {c.split('_', 1)[1]}" for c in TABLE1_COLUMNS]
     note = ("T = targeted attacks (FGSM, PGD, PGD-L2, CW; DeepFool and AutoAttack have no "
-            "targeted mode), U = untargeted (all attacks). Metrics pooled over the IPCs shown; "
+            "targeted mode), U = untargeted (all attacks). Metrics pooled over the IPCs shown "
+            "(flattened over attacks x IPCs); "
             "bold = best, underlined = second.")
     if fmt == "markdown":
         return (f"### Robustness (Table 1 layout) — {group.title}\n\n"

@@ -97,3 +97,17 @@ def test_bacon_published_rr_is_recomputed_from_its_logs(tmp_path):
     assert round(t.I_RR, 2) == 84.37 and round(u.I_RR, 2) == 50.49
     # BEARD's own scripts give AE 29.83 / 21.53 on these logs (the paper's CREI used other timings)
     assert round(t.AE, 2) == 29.83 and round(u.AE, 2) == 21.53
+
+
+def test_table_per_ipc_and_reference(tmp_path):
+    for ipc, rows in BACON_LOGS.items():
+        (tmp_path / f"log_{ipc}.txt").write_text("\n".join(
+            line(a, *v, ipc, method="BACON") for a, v in rows.items()) + "\n")
+    runner = CliRunner()
+    runner.invoke(main, ["import-beard", *map(str, sorted(tmp_path.glob("*.txt"))), "--out",
+                         str(tmp_path / "r.jsonl")])
+    per_ipc = runner.invoke(main, ["table", str(tmp_path / "r.jsonl"), "--per-ipc", "--format",
+                                   "csv"]).output.strip().splitlines()
+    assert len(per_ipc) == 4  # header + IPC 1, 10, 50
+    ref = runner.invoke(main, ["table", str(tmp_path / "r.jsonl"), "--reference", "paper"]).output
+    assert "36.83 (paper 36.83, +0.00)" in ref  # targeted RR equals the published BACON row
