@@ -207,9 +207,10 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
               help="Put the published Table 1 value and the difference next to each cell.")
 @click.option("--threat-model", default=None, help="Only records of this threat model.")
 @click.option("--preset", default=None, help="Only records of this preset.")
+@click.option("--per-ipc", is_flag=True, help="One robustness row per IPC instead of pooling.")
 @click.option("--alpha", type=float, default=0.5, show_default=True)
 def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
-          threat_model: str | None, preset: str | None, alpha: float) -> None:
+          threat_model: str | None, preset: str | None, per_ipc: bool, alpha: float) -> None:
     """Tables from records files or run folders.
 
     \b
@@ -217,6 +218,7 @@ def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
       rome-bench table results/runs/RUN --reference paper
       rome-bench table beard.jsonl --format csv
       rome-bench table results/runs/RUN --kind accuracy --format latex
+      rome-bench table results/runs/RUN --per-ipc
     """
     from rome_bench import report
     from rome_bench.records import read_records
@@ -225,7 +227,8 @@ def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
     if kind == "accuracy" or not report.has_attacks(rows):
         click.echo(report.format_accuracy(rows, fmt, threat_model, preset))
     else:
-        click.echo(report.format_table1(rows, fmt, alpha, reference, threat_model, preset))
+        click.echo(report.format_table1(rows, fmt, alpha, reference, threat_model, preset,
+                                        per_ipc))
 
 
 # -- import-beard ------------------------------------------------------------------------
@@ -246,6 +249,45 @@ def import_beard(logs: tuple[str, ...], out: str) -> None:
     atomic_write_text(out, "".join(r.to_json() + "\n" for r in recs))
     methods = sorted({r.method for r in recs})
     click.echo(f"wrote {len(recs)} records ({', '.join(methods)}) to {out}")
+
+
+# -- experts -----------------------------------------------------------------------------
+@main.command()
+@data_options
+@click.option("--num-experts", type=int, default=None, help="Experts to train (default: the preset's).")
+@click.option("--epochs", type=int, default=None, help="Epochs per expert (default: the preset's).")
+@click.option("--preset", default="quick", show_default=True, help="quick | cpu | paper.")
+@click.option("--zca/--no-zca", default=True, show_default=True,
+              help="Train experts on ZCA-whitened images (MTT's CIFAR setting).")
+@click.option("--flat", is_flag=True, help="DATM's flat trajectories (GSAM steps).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu | cuda (default: cuda if available).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def experts(dataset: str | None, data_root: str | None, download: bool, num_experts: int | None,
+            epochs: int | None, preset: str, zca: bool, flat: bool, seed: int,
+            device: str | None, quiet: bool) -> None:
+    """Train (or complete) the cached expert buffer that MTT and DATM match.
+
+    Generation is resumable per expert; existing experts are reused.
+
+    \b
+    Examples:
+      rome-bench experts                                    # quick preset, embedded data
+      rome-bench experts --dataset cifar10 --data-root ../shared/data/cifar10 \\
+          --preset paper --num-experts 5 --epochs 50 --device cuda
+    """
+    try:
+        from rome_bench.experts import generate_experts
+    except ModuleNotFoundError as exc:
+        raise NotImplementedError("expert buffers are not implemented yet: see issue #5") from exc
+    from rome_bench.presets import PRESETS
+
+    name = dataset or PRESETS.get(preset).dataset
+    trajectories = generate_experts(name, data_root, num_experts, epochs, preset, seed, device,
+                                    not quiet, zca=zca, flat=flat, download=download)
+    click.echo(f"expert buffer ready: {len(trajectories)} experts x "
+               f"{trajectories[0].shape[0] - 1} epochs, {trajectories[0].shape[1]:,} parameters "
+               f"per snapshot")
 
 
 # -- list ------------------------------------------------------------------------------
