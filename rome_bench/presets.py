@@ -92,8 +92,8 @@ PRESETS.add("quick", Preset(
     scaled="data: embedded 2,000-image train subset; retraining epochs 200 (IPC 1) / 60 (IPC 10) "
            "/ 20 (IPC 50) instead of 1000 (DC: 200/40/15 instead of 300); full-size 15 epochs on "
            "the subset; 1 model per cell; attacks on a class-balanced subset of 100 test "
-           "images; CW 10 steps, DeepFool 10 steps, AutoAttack with the 'standard' attacks but "
-           "Square at 500 queries; method budgets per method (see method_params)",
+           "images; CW 10 steps, DeepFool 3 steps (torchattacks' DeepFool works image by image), "
+           "AutoAttack with the 'standard' attacks but Square at 500 queries; method budgets per method (see method_params)",
     dataset="cifar10-mini",
     ipcs=(1, 10),
     repeats=1,
@@ -101,7 +101,7 @@ PRESETS.add("quick", Preset(
     retrain_epochs={1: 200, 10: 60, 50: 20},
     retrain_epochs_noaug={1: 200, 10: 40, 50: 15},
     full_epochs=15,
-    attack_overrides={"CW": {"steps": 10}, "DeepFool": {"steps": 10},
+    attack_overrides={"CW": {"steps": 10}, "DeepFool": {"steps": 3},
                       "AutoAttack": {"square_queries": 500}},
     attack_batch_size=500,
 ), description="embedded subset, minutes (default)")
