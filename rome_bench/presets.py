@@ -89,8 +89,8 @@ PRESETS.add("quick", Preset(
     name="quick",
     description="the embedded cifar10-mini subset (2,000 train / 500 test images), scaled "
                 "budgets, every method and attack kind, both modes: minutes on 2 cores",
-    scaled="data: embedded 2,000-image train subset; retraining epochs 200 (IPC 1) / 60 (IPC 10) "
-           "/ 20 (IPC 50) instead of 1000 (DC: 200/40/15 instead of 300); full-size 15 epochs on "
+    scaled="data: embedded 2,000-image train subset; retraining epochs 150 (IPC 1) / 40 (IPC 10) "
+           "/ 15 (IPC 50) instead of 1000 (DC: 150/30/10 instead of 300); full-size 8 epochs on "
            "the subset; 1 model per cell; attacks on a class-balanced subset of 100 test "
            "images; CW 10 steps, DeepFool 3 steps (torchattacks' DeepFool works image by image), "
            "AutoAttack with the 'standard' attacks but Square at 500 queries; method budgets per method (see method_params)",
@@ -98,9 +98,9 @@ PRESETS.add("quick", Preset(
     ipcs=(1, 10),
     repeats=1,
     test_subset=100,
-    retrain_epochs={1: 200, 10: 60, 50: 20},
-    retrain_epochs_noaug={1: 200, 10: 40, 50: 15},
-    full_epochs=15,
+    retrain_epochs={1: 150, 10: 40, 50: 15},
+    retrain_epochs_noaug={1: 150, 10: 30, 50: 10},
+    full_epochs=8,
     attack_overrides={"CW": {"steps": 10}, "DeepFool": {"steps": 3},
                       "AutoAttack": {"square_queries": 500}},
     attack_batch_size=500,
