@@ -73,7 +73,7 @@ PRESETS.add("cpu", Preset(
     scaled="retraining epochs 300 (IPC 1) / 150 (IPC 10) / 50 (IPC 50) instead of 1000 (DC: "
            "300/100/30 instead of 300); full-size 10 epochs; 3 models per cell; attacks on a "
            "class-balanced subset of 1000 test images; CW 30 steps, DeepFool 20 steps; "
-           "method budgets per method (see method_params)",
+           "method budgets per method (printed in the run plan)",
     dataset="cifar10",
     ipcs=(1, 10),
     repeats=3,
@@ -93,7 +93,8 @@ PRESETS.add("quick", Preset(
            "/ 15 (IPC 50) instead of 1000 (DC: 150/30/10 instead of 300); full-size 8 epochs on "
            "the subset; 1 model per cell; attacks on a class-balanced subset of 100 test "
            "images; CW 10 steps, DeepFool 3 steps (torchattacks' DeepFool works image by image), "
-           "AutoAttack with the 'standard' attacks but Square at 500 queries; method budgets per method (see method_params)",
+           "AutoAttack with the 'standard' attacks but Square at 500 queries; method budgets "
+           "per method (printed in the run plan)",
     dataset="cifar10-mini",
     ipcs=(1, 10),
     repeats=1,
