@@ -257,10 +257,13 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
     """A freshly trained model on ``distilled`` (cached by everything that determines it)."""
     entry = METHODS.entry(cell.method)
     augment = bool(distilled.meta.get("augment", entry.meta.get("retrain_augment", True)))
+    # the budget follows the requested IPC, not the stored image count (factorized sets such as
+    # IDM's hold 4 sub-images per stored image)
+    budget_ipc = cell.ipc if cell.ipc > 0 else distilled.ipc
     if entry.meta.get("ipc_independent"):
         epochs = plan.preset.full_epochs
     else:
-        epochs = plan.preset.epochs(distilled.ipc, augment)
+        epochs = plan.preset.epochs(budget_ipc, augment)
     cfg = train_mod.TrainConfig(epochs=epochs, lr=float(distilled.meta.get("lr", 0.01)),
                                 augment=augment,
                                 batch_size=int(distilled.meta.get("retrain_batch_size", 256)))
@@ -287,7 +290,7 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
         return model.eval(), key
     dsa = DSA(plan.dataset.mean, plan.dataset.std) if augment else None
     label = cell.label or cell.method
-    ipc_txt = "full" if cell.ipc == 0 else f"ipc{distilled.ipc}"
+    ipc_txt = "full" if cell.ipc == 0 else f"ipc{budget_ipc}"
     with tqdm(total=epochs, desc=f"retrain {label} {ipc_txt} #{repeat}", leave=False,
               disable=not plan.config.show_progress, dynamic_ncols=True) as bar:
         train_mod.train_model(model, distilled.images, distilled.labels, cfg, augment=dsa,
