@@ -13,6 +13,8 @@ import hashlib
 import inspect
 import json
 import os
+import sys
+import types
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,13 +35,44 @@ def _file_hash(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
+_OWN_PACKAGES = ("rome_bench", "baselines")
+
+
+def _own_dependencies(module: types.ModuleType) -> set[str]:
+    """Names of rome-bench/baselines modules that ``module`` uses, transitively."""
+    seen: set[str] = set()
+    todo = [module.__name__]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in sys.modules:
+            continue
+        seen.add(name)
+        for value in vars(sys.modules[name]).values():
+            dep = value.__name__ if isinstance(value, types.ModuleType) else getattr(
+                value, "__module__", None)
+            if isinstance(dep, str) and dep.split(".")[0] in _OWN_PACKAGES and dep not in seen:
+                todo.append(dep)
+    return seen
+
+
 def code_version(obj: Any) -> str:
-    """Hash of the source file defining ``obj`` (a function or module); '' when unavailable."""
-    try:
-        path = inspect.getsourcefile(obj)
-    except TypeError:
-        path = None
-    return _file_hash(path) if path and os.path.exists(path) else ""
+    """Hash of the source of ``obj``'s module and every rome-bench module it uses (transitively).
+
+    Editing a shared helper (e.g. the IDM network queue) therefore invalidates the cached
+    results of every method built on it, not only of the file that registers the method.
+    """
+    module = obj if isinstance(obj, types.ModuleType) else inspect.getmodule(obj)
+    if module is None:
+        return ""
+    parts = []
+    for name in sorted(_own_dependencies(module)):
+        try:
+            path = inspect.getsourcefile(sys.modules[name])
+        except TypeError:
+            path = None
+        if path and os.path.exists(path):
+            parts.append(f"{name}:{_file_hash(path)}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12] if parts else ""
 
 
 class Cache:

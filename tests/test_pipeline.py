@@ -149,3 +149,13 @@ def test_default_preset_end_to_end_and_rerun_from_cache(tmp_path):
     second = read_records([tmp_path / "run2" / "records.jsonl"])
     assert [(r.method, r.ipc, r.attack, r.mode, r.accuracy) for r in first] == [
         (r.method, r.ipc, r.attack, r.mode, r.accuracy) for r in second]
+
+
+def test_code_version_covers_shared_helper_modules():
+    from rome_bench.cache import _own_dependencies, code_version
+    from rome_bench.methods import METHODS
+
+    fn = METHODS.get("idm")
+    deps = _own_dependencies(__import__(fn.__module__, fromlist=["x"]))
+    assert "rome_bench.network_queue" in deps and "rome_bench.factorized" in deps
+    assert code_version(fn) and code_version(fn) != code_version(METHODS.get("random"))
