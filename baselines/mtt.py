@@ -58,7 +58,7 @@ from torch import nn
 from rome_bench import DistilledSet, register_method
 from rome_bench.augment import DSA
 from rome_bench.cache import Cache
-from rome_bench.data import ImageSet, class_balanced_indices
+from rome_bench.data import DatasetSpec, ImageSet, class_balanced_indices
 from rome_bench.experts import (
     ExpertSettings,
     buffer_key,
@@ -150,7 +150,7 @@ class Trajectories:
     mean: torch.Tensor
     std: torch.Tensor
     key: str
-    spec: Any = None
+    spec: DatasetSpec | None = None
     device: str = "cpu"
 
     def to_network(self, images: torch.Tensor) -> torch.Tensor:
@@ -178,7 +178,7 @@ class Trajectories:
 
 def load_trajectories(train: ImageSet, cfg: MethodConfig, params: dict[str, Any],
                       flat: bool = False) -> Trajectories:
-    """The expert buffer for ``params`` (trained on demand), the ZCA and the real data in network space."""
+    """The expert buffer for ``params`` (trained on demand), the ZCA and the student template."""
     spec = cfg.dataset
     settings = ExpertSettings.from_params(spec.name, {**params, "buffer_flat": flat},
                                           seed=cfg.seed, preset=cfg.preset)

@@ -19,8 +19,9 @@ weight OIHW, bias, norm weight and bias per block, then the classifier's (out, i
 bias), so one expert is one ``(epochs + 1, P)`` tensor, written atomically to its own file
 ``<cache>/experts/<key>/expert_NNN.pt``. ``key`` is a content hash of every setting that
 determines the trajectories (dataset and a fingerprint of its training images, which stands in
-for ``data_root``, number of experts, epochs, preset, seed, ZCA, architecture, optimizer and the
-code of this module and of :mod:`rome_bench.zca`). Generation resumes per expert: finished files
+for ``data_root``, number of experts, epochs, preset, seed, ZCA, architecture, optimizer, the
+source of the functions here that compute trajectory values and the code of
+:mod:`rome_bench.augment` and :mod:`rome_bench.zca`). Generation resumes per expert: finished files
 are kept and only missing ones are trained. Files are memory-mapped when read, so a 100 x 51
 paper buffer (6.5 GB for CIFAR-10) is not loaded into memory at once.
 
@@ -40,7 +41,7 @@ True
 from __future__ import annotations
 
 import hashlib
-import sys
+import inspect
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -280,10 +281,20 @@ def train_expert(net: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Exp
 
 
 # -- the buffer --------------------------------------------------------------------------------
+def trajectory_code_version() -> str:
+    """Hash of the source of the functions that determine a trajectory's values.
+
+    Narrower than the module's file hash on purpose: a paper buffer costs GPU hours, so
+    editing documentation or unrelated helpers here must not invalidate it.
+    """
+    parts = [inspect.getsource(fn) for fn in _TRAJECTORY_FUNCTIONS]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
 def buffer_key(settings: ExpertSettings, fingerprint: str) -> str:
     """The cache key of a buffer: every setting, the data and the code that produce it."""
     return content_key(stage="experts", settings=asdict(settings), data=fingerprint,
-                       code=code_version(sys.modules[__name__]),
+                       code=trajectory_code_version(), dsa_code=code_version(DSA),
                        zca_code=code_version(zca_mod) if settings.zca else "")
 
 
@@ -361,15 +372,18 @@ def generate_experts(dataset_name: str, data_root: str | Path | None = None,
                      download: bool = False) -> list[torch.Tensor]:
     """Build (or complete) an expert buffer from the command line; returns its trajectories.
 
-    Unset sizes come from :data:`EXPERT_PRESETS` for ``preset``. The buffer lands where MTT
-    and DATM look for it when their budgets ask for the same settings.
+    Unset sizes come from :data:`EXPERT_PRESETS` for ``preset`` (``flat=True`` at ``paper``:
+    DATM's 100 epochs). The buffer lands where MTT and DATM look for it when their budgets ask
+    for the same settings (``flat=True`` is DATM's paper buffer; at ``cpu``/``quick`` both
+    methods share the plain-SGD buffer).
 
     >>> # generate_experts("cifar10", "~/data/cifar10", preset="paper", device="cuda")
     """
     base = EXPERT_PRESETS[preset] if preset in EXPERT_PRESETS else EXPERT_PRESETS["paper"]
+    default_epochs = 100 if flat and preset == "paper" else base["epochs"]  # DATM's FTD buffer
     settings = ExpertSettings(
         dataset=DATASETS.entry(dataset_name).name, num_experts=num_experts or base["num_experts"],
-        epochs=epochs or base["epochs"], zca=zca, seed=seed, preset=preset,
+        epochs=epochs or default_epochs, zca=zca, seed=seed, preset=preset,
         arch=arch or base["arch"], flat=flat, batch_size=base["batch_size"],
         images_per_class=base["images_per_class"] if images_per_class == "preset"
         else images_per_class)
@@ -388,8 +402,12 @@ def expert_accuracy(trajectory: torch.Tensor, net: nn.Module, x: torch.Tensor, y
     return 100.0 * float((pred == y).float().mean())
 
 
+# Bound at import, so that the key does not change when a test wraps one of them.
+_TRAJECTORY_FUNCTIONS = (get_experts, train_expert, _gsam_step, _expert_seed, build_expert_net,
+                         to_network_space, flatten_params)
+
 __all__: Sequence[str] = (
     "EXPERT_PRESETS", "ExpertSettings", "build_expert_net", "buffer_key", "data_fingerprint",
     "expert_accuracy", "flatten_params", "functional_forward", "generate_experts", "get_experts",
     "get_whitening", "load_flat_params", "param_layout", "to_network_space", "train_expert",
-    "unflatten_params")
+    "trajectory_code_version", "unflatten_params")
