@@ -204,10 +204,12 @@ def test_loss_is_alpha_tv_squared_plus_weighted_ce():
 # -- registration, budgets, wiring -----------------------------------------------------------
 
 
-def test_four_variants_are_registered_in_all_with_dsa_retraining_and_paper_budgets():
+def test_four_variants_are_registered_with_dsa_retraining_and_paper_budgets():
     for name in ("rome", "rome-compat", "rome-no-rpm", "rome-no-ap"):
         entry = METHODS.entry(name)
-        assert entry.meta["in_all"] and entry.meta["implemented"] and entry.meta["retrain_augment"]
+        assert entry.meta["implemented"] and entry.meta["retrain_augment"]
+        # the ablations run on request (--method rome,rome-no-rpm,rome-no-ap,idm), not in `all`
+        assert entry.meta["in_all"] == (name in ("rome", "rome-compat"))
     budgets = METHODS.entry("rome").meta["budgets"]
     p1, p10, p50 = (resolve_budget(budgets, "paper", i) for i in (1, 10, 50))
     assert p10["iterations"] == 20000 and p10["alpha"] == 0.2 and p10["lr_img"] == 0.2
