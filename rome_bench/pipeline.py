@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rome_bench import __version__, report
+from rome_bench import __version__, blackbox, report
 from rome_bench import attacks as attacks_mod
 from rome_bench import train as train_mod
 from rome_bench.attacks import AttackSpec, clean_accuracy, run_attack
@@ -61,6 +61,7 @@ class RunConfig:
     test_subset: int | None = None
     device: str | None = None
     show_progress: bool = True
+    settings: str | None = None  # white-box | transfer | query, comma-separated
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Plan:
     device: str
     out: Path
     run_id: str
+    settings: list[str] = field(default_factory=lambda: ["white-box"])
 
     def describe(self) -> str:
         lines = [f"rome-bench {__version__} run {self.run_id}",
@@ -100,6 +102,7 @@ class Plan:
                  f"{self.config.seed}, device {self.device}",
                  f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
                  f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
+                 f"  settings   {', '.join(self.settings)}",
                  f"  test       {self.test_subset or 'all'} images",
                  f"  output     {self.out}",
                  "  cells:"]
@@ -186,6 +189,9 @@ def plan_run(config: RunConfig) -> Plan:
     attack_specs = attacks_mod.parse_attacks(config.attacks)
     modes = attacks_mod.parse_modes(config.modes)
     threats = attacks_mod.parse_threat_models(config.threat_models)
+    settings = blackbox.parse_settings(config.settings)
+    if "transfer" in settings:
+        blackbox.transfer_specs(attack_specs, config.attacks is not None)
     n_test = config.test_subset if config.test_subset is not None else preset.test_subset
     if n_test is not None and n_test <= 0:
         raise PlanError("--test-subset must be positive")
@@ -193,7 +199,7 @@ def plan_run(config: RunConfig) -> Plan:
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     out = Path(config.out) if config.out else Path("results") / "runs" / run_id
     return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
-                device, out, run_id)
+                device, out, run_id, settings)
 
 
 # -- stages --------------------------------------------------------------------------------
@@ -330,9 +336,10 @@ def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan
                    method: str, ipc: int, repeat: int, source_note: str = "") -> list[Record]:
     """Clean accuracy and every (attack, mode) under every threat model, as records."""
     jobs: list[tuple[AttackSpec | None, str, str]] = []
+    white = [a for a in plan.attacks if a.setting != "query"] if "white-box" in plan.settings else []
     for threat in plan.threat_models:
         jobs.append((None, "clean", threat))
-        for atk in plan.attacks:
+        for atk in white + blackbox.query_specs(plan.attacks, plan.settings):
             for mode in plan.modes:
                 if mode == "targeted" and not atk.targeted:
                     continue  # no targeted mode: left out of targeted tables, as published
@@ -370,19 +377,41 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
     test = load_test_set(plan)
     store = RecordStore(plan.out / "records.jsonl")
     all_records: list[Record] = []
+    transfer_models: list[blackbox.TransferModel] = []
+    distilled_sets: dict[str, DistilledSet] = {}
     for cell in tqdm(plan.cells, desc="cells", disable=not config.show_progress,
                      dynamic_ncols=True):
         distilled, dkey = distill(cell, train, plan, cache, echo)
         ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
+        distilled_sets[f"{cell.label or cell.method}_ipc{ipc}"] = distilled
         for repeat in range(plan.repeats):
             model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache)
             recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
                                   ipc=ipc, repeat=repeat)
             store.append(recs)
             all_records.extend(recs)
+            if "transfer" in plan.settings:
+                transfer_models.append(blackbox.TransferModel(cell.label or cell.method, mkey,
+                                                              model, ipc, repeat))
+    if transfer_models:
+        recs = blackbox.run_transfer(plan, cache, test.images, test.labels, transfer_models)
+        store.append(recs)
+        all_records.extend(recs)
     if all_records:
         report.write_tables(all_records, plan.out)
+        _write_figures(all_records, plan, distilled_sets, echo)
     return plan, all_records
+
+
+def _write_figures(records: list[Record], plan: Plan, distilled: dict[str, DistilledSet],
+                   echo: Callable[[str], None]) -> None:
+    """The figures the records support, next to them (a plotting failure never loses records)."""
+    from rome_bench import plots
+
+    try:
+        plots.write_figures(records, plan.out, distilled=distilled, echo=echo)
+    except Exception as exc:  # noqa: BLE001 - the records and tables are already written
+        warn(f"rome-bench: figures not written: {type(exc).__name__}: {exc}")
 
 
 def checkpoint_ipc(path: str) -> int:
@@ -414,13 +443,21 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
     test = load_test_set(plan)
     store = RecordStore(plan.out / "records.jsonl")
     records: list[Record] = []
+    transfer_models: list[blackbox.TransferModel] = []
     for name, path, model, key in models:
-        recs = evaluate_model(model, key, test, plan, cache, method=name,
-                              ipc=ipc if ipc is not None else checkpoint_ipc(path), repeat=0)
+        model_ipc = ipc if ipc is not None else checkpoint_ipc(path)
+        recs = evaluate_model(model, key, test, plan, cache, method=name, ipc=model_ipc, repeat=0)
+        store.append(recs)
+        records.extend(recs)
+        if "transfer" in plan.settings:
+            transfer_models.append(blackbox.TransferModel(name, key, model, model_ipc, 0))
+    if transfer_models:
+        recs = blackbox.run_transfer(plan, cache, test.images, test.labels, transfer_models)
         store.append(recs)
         records.extend(recs)
     if records:
         report.write_tables(records, plan.out)
+        _write_figures(records, plan, {}, echo)
     return plan, records
 
 
