@@ -216,8 +216,11 @@ def transfer_study(models: list[TransferModel], images: torch.Tensor, labels: to
                    device: str | torch.device = "cpu", seed: int = 0,
                    overrides: Callable[[str], dict[str, Any]] | None = None,
                    cache: Cache | None = None, context: dict[str, Any] | None = None,
-                   fresh: bool = False, show_progress: bool = False) -> list[TransferResult]:
+                   fresh: bool = False, show_progress: bool = False,
+                   surrogates: list[TransferModel] | None = None) -> list[TransferResult]:
     """Every model as surrogate x every model as victim, crafting once per surrogate.
+
+    ``models`` are the victims and, unless ``surrogates`` is given, also the surrogates.
 
     With a ``cache``, each (crafting, victim) measurement is stored under a content key built
     from the surrogate's and victim's weight keys, the attack and its parameters, the mode, the
@@ -231,12 +234,14 @@ def transfer_study(models: list[TransferModel], images: torch.Tensor, labels: to
     >>> sorted((r.surrogate, r.victim) for r in rs)
     [('a', 'a'), ('a', 'b'), ('b', 'a'), ('b', 'b')]
     """
-    names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        raise SettingError(f"transfer models need distinct names, got {names}")
+    sources = models if surrogates is None else surrogates
+    for group in (models, sources):
+        names = [m.name for m in group]
+        if len(set(names)) != len(names):
+            raise SettingError(f"transfer models need distinct names, got {names}")
     if len(images) != len(labels) or len(images) == 0:
         raise SettingError("transfer needs a non-empty set of images with one label each")
-    jobs = [(s, a, mode, t) for t in threat_models for s in models for a in attacks
+    jobs = [(s, a, mode, t) for t in threat_models for s in sources for a in attacks
             for mode in modes if mode != "targeted" or a.targeted]
     results: list[TransferResult] = []
     code = code_version(craft)

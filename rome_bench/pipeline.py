@@ -383,7 +383,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
                      dynamic_ncols=True):
         distilled, dkey = distill(cell, train, plan, cache, echo)
         ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
-        distilled_sets[f"{cell.label or cell.method}_ipc{ipc}"] = distilled
+        if ipc > 0:  # the whole training set (IPC 0) is not drawn as a distilled grid
+            distilled_sets[f"{cell.label or cell.method}_ipc{ipc}"] = distilled
         for repeat in range(plan.repeats):
             model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache)
             recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
@@ -429,6 +430,9 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
     plan = plan_run(replace(config, methods=["random"]))
     plan.cells = []
     cache = Cache()
+    names = [name for name, _ in checkpoints]
+    if "transfer" in plan.settings and len(set(names)) != len(names):
+        raise PlanError(f"--setting transfer needs distinct checkpoint names, got {names}")
     models = []
     for name, path in checkpoints:  # validate every file before the first forward pass
         model = load_dc_checkpoint(path, config.arch, num_classes=plan.dataset.num_classes,
