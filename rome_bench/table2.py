@@ -146,8 +146,11 @@ def _render(rows: list[Table2Row], fmt: str, group: TableGroup,
             text = _fmt(mean, std, r.repeats)
             if ref is not None:
                 p = ref.get(_reference_key(r.dataset, r.method))
-                text += (f" (paper {p[c]:.2f}, {mean - p[c]:+.2f})" if p and mean is not None
-                         else " (paper N/A)")
+                if p is None:
+                    text += " (paper N/A)"
+                else:
+                    text += (f" (paper {p[c]:.2f}, {mean - p[c]:+.2f})" if mean is not None
+                             else f" (paper {p[c]:.2f})")
             cells.append(text.replace("±", "$\\pm$") if fmt == "latex" else text)
         clean = _fmt(r.clean[0], r.clean[1], r.repeats)
         body.append([display_dataset(r.dataset), display_method(r.method),
@@ -155,15 +158,23 @@ def _render(rows: list[Table2Row], fmt: str, group: TableGroup,
     headers = ["Dataset", "Victim", "IPC", "Clean", "T transfer I-RR", "T query I-RR",
                "U transfer I-RR", "U query I-RR"]
     note = ("I-RR per victim, pooled like Table 1 (flattened over attacks x IPCs, and over "
-            "surrogates for transfer). Transfer: FGSM, PGD, PGD-L2, CW crafted on every other "
-            "model (self-transfer left out); query: Square and SPSA. T = targeted, "
-            "U = untargeted.")
+            f"surrogates for transfer). Transfer: {_attacks(group, 'transfer')} crafted on every "
+            f"other model (self-transfer left out); query: {_attacks(group, 'query')}. "
+            "T = targeted, U = untargeted.")
+    if ref is not None and group.threat_model != "beard-compat":
+        note += (" The paper's numbers were measured under the beard-compat threat model: "
+                 "compare them with --threat-model beard-compat records.")
     if fmt == "markdown":
         return (f"### Black-box robustness (Table 2 layout) — {group.title}\n\n"
                 + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
                 + f"\n\n{note}")
     latex = tabulate(body, headers=headers, tablefmt="latex_raw", disable_numparse=True)
     return f"% {group.title}\n% {note}\n{latex}"
+
+
+def _attacks(group: TableGroup, setting: str) -> str:
+    names = sorted({r.attack for r in group.records if r.setting == setting and r.mode != "clean"})
+    return ", ".join(names) if names else "none"
 
 
 def write_table2(records: list[Record], folder: Path, alpha: float = 0.5) -> list[Path]:
