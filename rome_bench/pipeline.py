@@ -443,7 +443,7 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
         models.append((name, path, model, key))
     echo(f"rome-bench {__version__}: evaluating {len(models)} checkpoint(s) on {plan.dataset.name} "
          f"({plan.test_subset or 'all'} test images), preset {plan.preset.name}, threat "
-         f"{', '.join(plan.threat_models)}, output {plan.out}")
+         f"{', '.join(plan.threat_models)}, settings {', '.join(plan.settings)}, output {plan.out}")
     test = load_test_set(plan)
     store = RecordStore(plan.out / "records.jsonl")
     records: list[Record] = []
