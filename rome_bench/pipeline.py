@@ -4,14 +4,22 @@ Each stage is a plain function over small dataclasses. :func:`run` plans every c
 (validating all names and inputs before any computation), then walks the cells; finished
 distilled sets, models and measurements come from the cache, and records are appended after
 every model, so a killed run loses at most the model in progress.
+
+On a CPU the cells are independent jobs: ``jobs`` worker processes (one thread each) finish a
+run of many small cells ~1.6x sooner on 2 cores than one process with two threads, because
+ConvNet work on a few hundred images does not scale across threads. Workers return their
+records; the parent appends them in plan order, so records files do not depend on ``jobs``.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import secrets
 import sys
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -61,6 +69,7 @@ class RunConfig:
     test_subset: int | None = None
     device: str | None = None
     show_progress: bool = True
+    jobs: int | None = 1  # worker processes; None = auto (see resolve_jobs)
 
 
 @dataclass
@@ -89,6 +98,7 @@ class Plan:
     device: str
     out: Path
     run_id: str
+    jobs: int = 1
 
     def describe(self) -> str:
         lines = [f"rome-bench {__version__} run {self.run_id}",
@@ -97,7 +107,7 @@ class Plan:
                  f"  dataset    {self.dataset.name}" + (f" from {self.config.data_root}"
                                                         if self.config.data_root else ""),
                  f"  arch       {self.config.arch}, {self.repeats} model(s) per cell, seed "
-                 f"{self.config.seed}, device {self.device}",
+                 f"{self.config.seed}, device {self.device}, {self.jobs} worker(s)",
                  f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
                  f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
                  f"  test       {self.test_subset or 'all'} images",
@@ -192,8 +202,28 @@ def plan_run(config: RunConfig) -> Plan:
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     out = Path(config.out) if config.out else Path("results") / "runs" / run_id
+    jobs = resolve_jobs(config.jobs, device, len(cells))
     return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
-                device, out, run_id)
+                device, out, run_id, jobs)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(jobs: int | None, device: str, n_cells: int) -> int:
+    """Worker processes for a run: ``None`` (auto) = one per core (at most 4, at most one per
+    cell) on a CPU and 1 on a GPU, where one process already keeps the device busy."""
+    if jobs is not None:
+        if jobs <= 0:
+            raise PlanError(f"--jobs must be positive or 'auto', got {jobs}")
+        return max(1, min(jobs, n_cells or 1))
+    if not str(device).startswith("cpu"):
+        return 1
+    return max(1, min(available_cores(), 4, n_cells or 1))
 
 
 # -- stages --------------------------------------------------------------------------------
@@ -357,32 +387,105 @@ def load_test_set(plan: Plan) -> ImageSet:
     return take_test_subset(test, plan.test_subset, seed=0)
 
 
+def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cache,
+             log: Callable[[str], None], store: RecordStore | None = None) -> list[Record]:
+    """Distill (or load) one cell, retrain ``plan.repeats`` models, attack each; its records.
+
+    With ``store``, each model's records are appended as soon as they exist.
+    """
+    distilled, dkey = distill(cell, train, plan, cache, log)
+    ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
+    records: list[Record] = []
+    for repeat in range(plan.repeats):
+        model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache)
+        recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
+                              ipc=ipc, repeat=repeat)
+        if store is not None:
+            store.append(recs)
+        records.extend(recs)
+    return records
+
+
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, list[Record]]:
     """Run the benchmark; returns the plan and all records (also written to ``plan.out``).
 
-    Records are appended after every model; the tables (markdown, CSV, LaTeX) are written to
-    ``plan.out`` at the end.
+    Records are appended after every model (after every cell with several workers); the tables
+    (markdown, CSV, LaTeX) are written to ``plan.out`` at the end.
     """
     plan = plan_run(config)
     echo(plan.describe())
-    cache = Cache()
-    train = load_dataset(plan.dataset.name, "train", config.data_root, config.download)
-    test = load_test_set(plan)
     store = RecordStore(plan.out / "records.jsonl")
-    all_records: list[Record] = []
-    for cell in tqdm(plan.cells, desc="cells", disable=not config.show_progress,
-                     dynamic_ncols=True):
-        distilled, dkey = distill(cell, train, plan, cache, echo)
-        ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
-        for repeat in range(plan.repeats):
-            model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache)
-            recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
-                                  ipc=ipc, repeat=repeat)
-            store.append(recs)
-            all_records.extend(recs)
+    if plan.jobs > 1:
+        all_records = _run_parallel(plan, store, echo)
+    else:
+        cache = Cache()
+        train = load_dataset(plan.dataset.name, "train", config.data_root, config.download)
+        test = load_test_set(plan)
+        all_records = []
+        for cell in tqdm(plan.cells, desc="cells", disable=not config.show_progress,
+                         dynamic_ncols=True):
+            all_records.extend(run_cell(cell, train, test, plan, cache, echo, store))
     if all_records:
         report.write_tables(all_records, plan.out)
     return plan, all_records
+
+
+# -- parallel cells ---------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(plan: Plan, threads: int) -> None:
+    """Load the data once per worker process; each worker uses ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    quiet = replace(plan.config, show_progress=False)  # bars from several processes collide
+    _WORKER["plan"] = replace(plan, config=quiet)
+    _WORKER["train"] = load_dataset(plan.dataset.name, "train", plan.config.data_root,
+                                    plan.config.download)
+    _WORKER["test"] = load_test_set(plan)
+
+
+def _worker_cell(index: int) -> list[Record]:
+    plan = _WORKER["plan"]
+    return run_cell(plan.cells[index], _WORKER["train"], _WORKER["test"], plan, Cache(), print)
+
+
+def _run_parallel(plan: Plan, store: RecordStore, echo: Callable[[str], None]) -> list[Record]:
+    """Run the cells in ``plan.jobs`` processes; records are appended in plan order."""
+    # fetch/verify the data once here (download, clear errors) before starting any worker
+    load_dataset(plan.dataset.name, "train", plan.config.data_root, plan.config.download)
+    threads = max(1, available_cores() // plan.jobs)
+    done: dict[int, list[Record]] = {}
+    flushed = 0
+    ctx = multiprocessing.get_context("spawn")  # fork after OpenMP has started can hang
+    with ProcessPoolExecutor(plan.jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(plan, threads)) as pool, \
+            tqdm(total=len(plan.cells), desc=f"cells ({plan.jobs} workers)",
+                 disable=not plan.config.show_progress, dynamic_ncols=True) as bar:
+        pending: dict[Future, int] = {pool.submit(_worker_cell, i): i
+                                      for i in range(len(plan.cells))}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i = pending.pop(fut)
+                    done[i] = fut.result()  # a worker's error stops the run here
+                    cell = plan.cells[i]
+                    clean = [r.accuracy for r in done[i] if r.mode == "clean"]
+                    bar.write(f"  done {cell.label or cell.method} "
+                              + ("(whole train set)" if cell.ipc == 0 else f"IPC {cell.ipc}")
+                              + (f": clean {sum(clean) / len(clean):.1f}%" if clean else ""))
+                    bar.update(1)
+                while flushed in done:
+                    store.append(done[flushed])
+                    flushed += 1
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            # keep what finished, even out of plan order: the cache has it anyway
+            for i in sorted(done):
+                if i >= flushed:
+                    store.append(done[i])
+            raise
+    return [r for i in range(len(plan.cells)) for r in done[i]]
 
 
 def checkpoint_ipc(path: str) -> int:
