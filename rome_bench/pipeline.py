@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -387,23 +388,45 @@ def load_test_set(plan: Plan) -> ImageSet:
     return take_test_subset(test, plan.test_subset, seed=0)
 
 
+@dataclass
+class CellOutcome:
+    """A finished cell: its records and the wall-clock seconds of each stage (cache hits ~0)."""
+
+    records: list[Record]
+    seconds: dict[str, float]
+
+    def summary(self, cell: Cell) -> str:
+        clean = [r.accuracy for r in self.records if r.mode == "clean"]
+        where = "(whole train set)" if cell.ipc == 0 else f"IPC {cell.ipc}"
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
+        return (f"  done {cell.label or cell.method} {where} in {sum(self.seconds.values()):.0f} s"
+                f" ({stages})" + (f": clean {sum(clean) / len(clean):.1f}%" if clean else ""))
+
+
 def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cache,
-             log: Callable[[str], None], store: RecordStore | None = None) -> list[Record]:
-    """Distill (or load) one cell, retrain ``plan.repeats`` models, attack each; its records.
+             log: Callable[[str], None], store: RecordStore | None = None) -> CellOutcome:
+    """Distill (or load) one cell, retrain ``plan.repeats`` models, attack each.
 
     With ``store``, each model's records are appended as soon as they exist.
     """
+    seconds = {"distill": 0.0, "retrain": 0.0, "attacks": 0.0}
+    start = time.perf_counter()
     distilled, dkey = distill(cell, train, plan, cache, log)
+    seconds["distill"] = time.perf_counter() - start
     ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
     records: list[Record] = []
     for repeat in range(plan.repeats):
+        start = time.perf_counter()
         model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache)
+        seconds["retrain"] += time.perf_counter() - start
+        start = time.perf_counter()
         recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
                               ipc=ipc, repeat=repeat)
+        seconds["attacks"] += time.perf_counter() - start
         if store is not None:
             store.append(recs)
         records.extend(recs)
-    return records
+    return CellOutcome(records, seconds)
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, list[Record]]:
@@ -422,9 +445,13 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
         train = load_dataset(plan.dataset.name, "train", config.data_root, config.download)
         test = load_test_set(plan)
         all_records = []
-        for cell in tqdm(plan.cells, desc="cells", disable=not config.show_progress,
-                         dynamic_ncols=True):
-            all_records.extend(run_cell(cell, train, test, plan, cache, echo, store))
+        with tqdm(plan.cells, desc="cells", disable=not config.show_progress,
+                  dynamic_ncols=True) as bar:
+            for cell in bar:
+                outcome = run_cell(cell, train, test, plan, cache, echo, store)
+                if config.show_progress:
+                    bar.write(outcome.summary(cell))
+                all_records.extend(outcome.records)
     if all_records:
         report.write_tables(all_records, plan.out)
     return plan, all_records
@@ -434,8 +461,23 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
 _WORKER: dict[str, Any] = {}
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to end this worker when the run's process dies (e.g. killed with SIGTERM), so
+    no orphaned worker keeps computing; elsewhere workers end when their queue closes."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _init_worker(plan: Plan, threads: int) -> None:
     """Load the data once per worker process; each worker uses ``threads`` torch threads."""
+    _die_with_parent()
     torch.set_num_threads(threads)
     quiet = replace(plan.config, show_progress=False)  # bars from several processes collide
     _WORKER["plan"] = replace(plan, config=quiet)
@@ -444,7 +486,7 @@ def _init_worker(plan: Plan, threads: int) -> None:
     _WORKER["test"] = load_test_set(plan)
 
 
-def _worker_cell(index: int) -> list[Record]:
+def _worker_cell(index: int) -> CellOutcome:
     plan = _WORKER["plan"]
     return run_cell(plan.cells[index], _WORKER["train"], _WORKER["test"], plan, Cache(), print)
 
@@ -455,6 +497,7 @@ def _run_parallel(plan: Plan, store: RecordStore, echo: Callable[[str], None]) -
     load_dataset(plan.dataset.name, "train", plan.config.data_root, plan.config.download)
     threads = max(1, available_cores() // plan.jobs)
     done: dict[int, list[Record]] = {}
+    started = time.perf_counter()
     flushed = 0
     ctx = multiprocessing.get_context("spawn")  # fork after OpenMP has started can hang
     with ProcessPoolExecutor(plan.jobs, mp_context=ctx, initializer=_init_worker,
@@ -468,12 +511,9 @@ def _run_parallel(plan: Plan, store: RecordStore, echo: Callable[[str], None]) -
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     i = pending.pop(fut)
-                    done[i] = fut.result()  # a worker's error stops the run here
-                    cell = plan.cells[i]
-                    clean = [r.accuracy for r in done[i] if r.mode == "clean"]
-                    bar.write(f"  done {cell.label or cell.method} "
-                              + ("(whole train set)" if cell.ipc == 0 else f"IPC {cell.ipc}")
-                              + (f": clean {sum(clean) / len(clean):.1f}%" if clean else ""))
+                    outcome = fut.result()  # a worker's error stops the run here
+                    done[i] = outcome.records
+                    bar.write(outcome.summary(plan.cells[i]))
                     bar.update(1)
                 while flushed in done:
                     store.append(done[flushed])
@@ -485,6 +525,8 @@ def _run_parallel(plan: Plan, store: RecordStore, echo: Callable[[str], None]) -
                 if i >= flushed:
                     store.append(done[i])
             raise
+    echo(f"{len(plan.cells)} cells in {time.perf_counter() - started:.0f} s with {plan.jobs} "
+         f"workers x {threads} thread(s)")
     return [r for i in range(len(plan.cells)) for r in done[i]]
 
 
