@@ -11,7 +11,8 @@ difference of the two implementations' matching loss on one shared batch.
 
     python benchmarks/distill_step.py                              # dc, dsa; quick budgets; IPC 1, 10
     python benchmarks/distill_step.py --methods dsa --ipc 10 --iterations 1 --repeats 3
-    python benchmarks/distill_step.py --preset cpu --data-root ../shared/data/cifar10 --ipc 1
+    python benchmarks/distill_step.py --preset cpu --dataset cifar10 --data-root DIR --ipc 1
+    python benchmarks/distill_step.py --preset paper --ipc 1 --chunk 100000   # one pass per side, as on a GPU
 
 To add a method (dm, idm, ...), write its two runners and add one row to ``BENCHES``.
 """
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-real", type=int, default=None, help="override the budget's")
     ap.add_argument("--outer-loop", type=int, default=None)
     ap.add_argument("--inner-loop", type=int, default=None)
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="rome-bench's images per pass (default: its device default)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = DATASETS.get(args.dataset)
     train = load_dataset(spec.name, "train", args.data_root)
     overrides = {k: v for k, v in (("batch_real", args.batch_real), ("outer_loop", args.outer_loop),
-                                   ("inner_loop", args.inner_loop)) if v is not None}
+                                   ("inner_loop", args.inner_loop), ("chunk", args.chunk))
+                 if v is not None}
     rows = []
     print(f"distill_step: {args.dataset}, preset '{args.preset}' budgets {overrides or ''}, "
           f"{args.iterations} iteration(s) x median of {args.repeats}, device {args.device}, "

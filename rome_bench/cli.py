@@ -112,7 +112,20 @@ def _config(**kw):
                      fresh=kw["fresh"], attacks=kw["attacks"], modes=kw["modes"],
                      threat_models=kw["threat_models"], test_subset=kw["test_subset"],
                      device=kw["device"], show_progress=not kw["quiet"],
-                     settings=kw.get("settings"))
+                     jobs=parse_jobs(kw.get("jobs", "1")), settings=kw.get("settings"))
+
+
+def parse_jobs(text: str | None) -> int | None:
+    """``auto`` -> None (one worker per core on a CPU, see pipeline.resolve_jobs), else N >= 1."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs <= 0:
+        raise click.UsageError(f"--jobs takes a positive integer or 'auto', got '{text}'")
+    return jobs
 
 
 def _finish(plan, records, alpha: float) -> None:
@@ -146,6 +159,10 @@ def _finish(plan, records, alpha: float) -> None:
 @click.option("--ipc", default=None, metavar="1,10,50", help="Images per class (default: the preset's).")
 @click.option("--repeats", type=int, default=None, help="Models retrained per cell (default: the preset's).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
+@click.option("--jobs", default="auto", show_default=True, envvar="ROME_BENCH_JOBS",
+              metavar="auto|N",
+              help="Cells computed side by side in N worker processes (auto: one per CPU core, "
+                   "at most 4, on a CPU; 1 on a GPU). Results do not depend on it.")
 @eval_options
 def run(method: str, dry_run: bool, alpha: float, **kw) -> None:
     """Distill (or load), retrain, attack, and print the comparison table.
@@ -157,6 +174,7 @@ def run(method: str, dry_run: bool, alpha: float, **kw) -> None:
       rome-bench run --method all --preset cpu --data-root ../shared/data/cifar10 \\
           --threat-model standard,beard-compat
       rome-bench run --method file:dc_cifar10_ipc10.pt#0 --attacks none
+      rome-bench run --method dm,idm --jobs 1      # one process (e.g. to profile)
     """
     from rome_bench import pipeline
 

@@ -58,7 +58,7 @@ from rome_bench.augment import DSA
 from rome_bench.cache import Cache, code_version, content_key
 from rome_bench.data import DATASETS, DatasetSpec, ImageSet, class_balanced_indices, load_dataset
 from rome_bench.models import ARCHS, ConvNet, LinearTransform, Normalize, load_tensor_file
-from rome_bench.storage import atomic_torch_save, atomic_write_json
+from rome_bench.storage import atomic_torch_save, atomic_write_json, file_lock
 
 # Expert buffers per preset. "paper": MTT's README buffer (buffer.py --train_epochs=50
 # --num_experts=100, lr_teacher 0.01, batch 256, DSA); DATM's paper buffer is the same with
@@ -328,6 +328,17 @@ def get_experts(train: ImageSet, settings: ExpertSettings, *, device: str | torc
     fingerprint = data_fingerprint(train)
     folder = buffer_folder(settings, fingerprint, cache)
     paths = [folder / f"expert_{i:03d}.pt" for i in range(settings.num_experts)]
+    if any(not p.exists() for p in paths):
+        with file_lock(folder / ".lock"):  # another worker may be training the same buffer
+            _train_missing(train, settings, paths, folder, fingerprint, spec, cache, whitening,
+                           device, show_progress)
+    return [_load_trajectory(p) for p in paths]
+
+
+def _train_missing(train: ImageSet, settings: ExpertSettings, paths: list[Path], folder: Path,
+                   fingerprint: str, spec: DatasetSpec, cache: Cache,
+                   whitening: LinearTransform | None, device: str | torch.device,
+                   show_progress: bool) -> None:
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if missing:
         atomic_write_json(folder / "settings.json", {**asdict(settings), "data": fingerprint})
@@ -353,7 +364,6 @@ def get_experts(train: ImageSet, settings: ExpertSettings, *, device: str | torc
                 trajectory = train_expert(net, x, y, settings, augment, seed, bar)
                 atomic_torch_save({"trajectory": trajectory.contiguous(),
                                    "expert": i, "key": folder.name}, paths[i])
-    return [_load_trajectory(p) for p in paths]
 
 
 def _load_trajectory(path: Path) -> torch.Tensor:

@@ -146,13 +146,37 @@ def _weight_grad(layer: nn.Module, a: torch.Tensor, d: torch.Tensor) -> torch.Te
     return d.flatten(0, -2).T @ a.flatten(0, -2)
 
 
+def _plan_passes(counts: Sequence[int], chunk: int | None) -> list[list[tuple[int, int]]]:
+    """Group class-contiguous images into passes of at most ``chunk`` images.
+
+    Returns, per pass, its pieces as ``(class, size)`` in order. Whole classes are kept together
+    where they fit, so a class's gradient is usually formed in one piece.
+    """
+    limit = chunk or sum(counts)
+    passes: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    filled = 0
+    for c, n in enumerate(counts):
+        while n > 0:
+            if filled == limit or (filled and filled + min(n, limit) > limit):
+                passes.append(current)
+                current, filled = [], 0
+            take = min(n, limit - filled)
+            current.append((c, take))
+            filled += take
+            n -= take
+    if current:
+        passes.append(current)
+    return passes
+
+
 def class_gradients(net: nn.Module, x: torch.Tensor, counts: Sequence[int],
                     create_graph: bool = False, chunk: int | None = None) -> list[torch.Tensor]:
     """Per-class gradients of each class's mean CE w.r.t. the weights of ``net``'s Conv2d/Linear layers.
 
     ``x`` holds the (already normalized, possibly augmented) images of all classes, class by
     class: the first ``counts[0]`` are class 0, and so on. A forward and a backward pass over a
-    chunk of images serve every class in it (valid because every layer treats images
+    group of images serve every class in it (valid because every layer treats images
     independently: no BatchNorm); ``chunk`` bounds the images per pass (None: all at once).
     Returns one tensor per layer, shaped ``(num_classes, *weight.shape)``; with
     ``create_graph`` they stay differentiable with respect to ``x``.
@@ -161,28 +185,26 @@ def class_gradients(net: nn.Module, x: torch.Tensor, counts: Sequence[int],
     if min(counts) < 1 or sum(counts) != x.shape[0]:
         raise ValueError(f"counts {counts} do not partition a batch of {x.shape[0]} images")
     layers = weight_layers(net)
-    n_cls, total = len(counts), x.shape[0]
-    labels = torch.repeat_interleave(torch.arange(n_cls, device=x.device),
-                                     torch.as_tensor(counts, device=x.device))
-    weight = 1.0 / torch.as_tensor(counts, dtype=x.dtype, device=x.device)[labels]
-    bounds = [0]
-    for n in counts:
-        bounds.append(bounds[-1] + n)
-    step = chunk or total
+    n_cls = len(counts)
+    inv_count = 1.0 / torch.as_tensor(counts, dtype=x.dtype, device=x.device)
     sums: list[list[torch.Tensor | None]] = [[None] * n_cls for _ in layers]
-    for lo in range(0, total, step):
-        hi = min(lo + step, total)
+    lo = 0
+    for pieces in _plan_passes(counts, chunk):
+        classes = torch.tensor([c for c, _ in pieces], device=x.device)
+        sizes = [n for _, n in pieces]
+        labels = torch.repeat_interleave(classes, torch.as_tensor(sizes, device=x.device))
+        hi = lo + sum(sizes)
         with _record_layers(layers) as (inputs, outputs):
             logits = net(x[lo:hi])
-        loss = (F.cross_entropy(logits, labels[lo:hi], reduction="none") * weight[lo:hi]).sum()
+        loss = (F.cross_entropy(logits, labels, reduction="none") * inv_count[labels]).sum()
         deltas = torch.autograd.grad(loss, outputs, create_graph=create_graph)
-        for c in range(n_cls):
-            a_lo, a_hi = max(bounds[c], lo) - lo, min(bounds[c + 1], hi) - lo
-            if a_lo >= a_hi:
-                continue
-            for k, (layer, a, d) in enumerate(zip(layers, inputs, deltas, strict=True)):
-                g = _weight_grad(layer, a[a_lo:a_hi], d[a_lo:a_hi])
+        for k, (layer, a, d) in enumerate(zip(layers, inputs, deltas, strict=True)):
+            a_parts = a.split(sizes) if len(sizes) > 1 else (a,)
+            d_parts = d.split(sizes) if len(sizes) > 1 else (d,)
+            for (c, _), a_c, d_c in zip(pieces, a_parts, d_parts, strict=True):
+                g = _weight_grad(layer, a_c, d_c)
                 sums[k][c] = g if sums[k][c] is None else sums[k][c] + g
+        lo = hi
     return [torch.stack(per_class) for per_class in sums]
 
 
@@ -224,13 +246,10 @@ def init_synthetic(train_z: torch.Tensor, class_index: list[torch.Tensor], ipc: 
 
 
 def _real_batches(train_z: torch.Tensor, class_index: list[torch.Tensor], batch_real: int,
-                  gen: torch.Generator) -> tuple[list[torch.Tensor], list[int]]:
+                  gen: torch.Generator) -> list[torch.Tensor]:
     """``batch_real`` random images of each class without replacement (all when fewer)."""
-    batches = []
-    for idx in class_index:
-        pick = idx[torch.randperm(len(idx), generator=gen)[:batch_real]]
-        batches.append(train_z[pick.to(train_z.device)])
-    return batches, [len(b) for b in batches]
+    picks = [idx[torch.randperm(len(idx), generator=gen)[:batch_real]] for idx in class_index]
+    return [train_z[pick.to(train_z.device)] for pick in picks]
 
 
 def gradient_matching_loss(net: nn.Module, real: Sequence[torch.Tensor], syn: Sequence[torch.Tensor],
@@ -340,7 +359,7 @@ def distill_gradient_matching(train: ImageSet, ipc: int, cfg: MethodConfig, use_
                            arch).to(device)
         net.train()
         for ol in range(outer_loop):
-            real, _ = _real_batches(train_z, class_index, batch_real, gen)
+            real = _real_batches(train_z, class_index, batch_real, gen)
             seeds = [_draw_seed(gen) for _ in range(n_cls)] if use_dsa else None
             loss = gradient_matching_loss(net, real, syn.split(ipc), aug, seeds, chunk)
             opt_img.zero_grad(set_to_none=True)

@@ -19,6 +19,8 @@ def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache so nothing leaks between tests or into ~/.cache."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("ROME_BENCH_CACHE", str(cache))
+    # CLI tests run in-process (monkeypatches, test-only presets): one worker unless a test asks
+    monkeypatch.setenv("ROME_BENCH_JOBS", "1")
     return cache
 
 
