@@ -261,11 +261,21 @@ def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
         from rome_bench import table2
 
         click.echo(table2.format_table2(rows, fmt, alpha, reference, threat_model, preset))
+    elif kind == "robustness" and not report.has_attacks(rows) and _has_blackbox(rows):
+        from rome_bench import table2  # black-box records only: their table is Table 2
+
+        click.echo(table2.format_table2(rows, fmt, alpha, reference, threat_model, preset))
     elif kind == "accuracy" or not report.has_attacks(rows):
         click.echo(report.format_accuracy(rows, fmt, threat_model, preset))
     else:
         click.echo(report.format_table1(rows, fmt, alpha, reference, threat_model, preset,
                                         per_ipc))
+
+
+def _has_blackbox(rows) -> bool:
+    from rome_bench import table2
+
+    return table2.has_blackbox(rows)
 
 
 # -- plot ----------------------------------------------------------------------------------

@@ -275,12 +275,27 @@ def image_grid(distilled: DistilledSet, per_class: int = 10, pad: int = 1) -> np
 def plot_distilled_grid(distilled: DistilledSet, folder: Path, stem: str, title: str
                         ) -> list[Path]:
     grid = image_grid(distilled)
-    fig = _figure(max(3.0, grid.shape[1] / 40), max(3.0, grid.shape[0] / 40) + 0.4)
+    fig = _figure(max(3.0, grid.shape[1] / 40) + 0.8, max(3.0, grid.shape[0] / 40) + 0.4)
     ax = fig.add_subplot()
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, interpolation="nearest")
-    ax.set_axis_off()
+    classes = sorted(int(c) for c in torch.unique(distilled.hard_labels))
+    names = _class_names(distilled.meta.get("dataset"))
+    row = (grid.shape[0] - 1) / len(classes)
+    ax.set_yticks([row * (i + 0.5) for i in range(len(classes))],
+                  [names[c] if c < len(names) else str(c) for c in classes], fontsize=7)
+    ax.set_xticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
     ax.set_title(title, fontsize=9)
     return _save(fig, folder, stem)
+
+
+def _class_names(dataset: object) -> tuple[str, ...]:
+    from rome_bench.data import DATASETS
+
+    if isinstance(dataset, str) and dataset in DATASETS:
+        return DATASETS.get(dataset).class_names
+    return ()
 
 
 def find_distilled(folder: Path) -> dict[str, DistilledSet]:

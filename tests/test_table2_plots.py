@@ -80,6 +80,8 @@ def test_cli_table_kind_blackbox(tmp_path):
     path.write_text("".join(r.to_json() + "\n" for r in study()))
     res = CliRunner().invoke(main, ["table", str(path), "--kind", "blackbox", "--format", "csv"])
     assert res.exit_code == 0 and res.output.startswith("dataset,ipc,method,clean")
+    res = CliRunner().invoke(main, ["table", str(path)])  # black-box records only: Table 2
+    assert res.exit_code == 0 and "Table 2 layout" in res.output
     res = CliRunner().invoke(main, ["table", str(path), "--kind", "blackbox", "--reference",
                                     str(tmp_path / "missing.csv")])
     assert res.exit_code != 0 and len(res.stderr.strip().splitlines()) == 1
