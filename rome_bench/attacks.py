@@ -76,6 +76,21 @@ def _autoattack(model: nn.Module, *, square_queries: int | None = None, **params
     return atk
 
 
+class TargetedSPSA(torchattacks.SPSA):
+    """torchattacks' SPSA with its targeted mode repaired.
+
+    torchattacks 3.5.1's ``SPSA.forward`` never asks for the target labels, so in targeted
+    mode it minimizes the margin towards the *true* class and raises accuracy instead of
+    lowering it. This subclass maps the labels through the attack's target function first;
+    untargeted mode is unchanged.
+    """
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.targeted:
+            labels = self.get_target_label(images, labels)
+        return super().forward(images, labels)
+
+
 def _add(spec: AttackSpec, *aliases: str, description: str = "") -> None:
     ATTACKS.add(spec.name, spec, *aliases, description=description)
 
@@ -111,7 +126,7 @@ _add(AttackSpec("Square", torchattacks.Square,
                 {"norm": "Linf", "eps": 8 / 255, "n_queries": 5000, "n_restarts": 1}, True, 8 / 255,
                 suite=False, setting="query"),
      description="Square (query black-box), Linf eps 8/255, 5000 queries")
-_add(AttackSpec("SPSA", torchattacks.SPSA, {"eps": 8 / 255}, True, 8 / 255, suite=False,
+_add(AttackSpec("SPSA", TargetedSPSA, {"eps": 8 / 255}, True, 8 / 255, suite=False,
                 setting="query"),
      description="SPSA (query black-box), eps 8/255")
 

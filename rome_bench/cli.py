@@ -79,6 +79,11 @@ def eval_options(f):
                      metavar="standard[,beard-compat]",
                      help="standard (default: [0,1] inputs, eps in pixels) and/or beard-compat "
                           "(the published numbers' protocol, quirks included).")(f)
+    f = click.option("--setting", "settings", default=None,
+                     metavar="white-box[,transfer][,query]",
+                     help="Attack settings (default: white-box). transfer: examples crafted on "
+                          "each model (FGSM, PGD, PGD-L2, CW) fed to every other; query: Square "
+                          "and SPSA.")(f)
     f = click.option("--test-subset", type=int, default=None, metavar="N",
                      help="Evaluate on a fixed class-balanced subset of N test images "
                           "(default: the preset's).")(f)
@@ -107,7 +112,7 @@ def _config(**kw):
                      fresh=kw["fresh"], attacks=kw["attacks"], modes=kw["modes"],
                      threat_models=kw["threat_models"], test_subset=kw["test_subset"],
                      device=kw["device"], show_progress=not kw["quiet"],
-                     jobs=parse_jobs(kw.get("jobs", "1")))
+                     jobs=parse_jobs(kw.get("jobs", "1")), settings=kw.get("settings"))
 
 
 def parse_jobs(text: str | None) -> int | None:
@@ -134,6 +139,11 @@ def _finish(plan, records, alpha: float) -> None:
     click.echo("")
     if report.has_attacks(records):
         click.echo(report.format_table1(records, "markdown", alpha))
+        click.echo("")
+    from rome_bench import table2
+
+    if table2.has_blackbox(records):
+        click.echo(table2.format_table2(records, "markdown", alpha))
         click.echo("")
     click.echo(report.format_accuracy(records, "markdown"))
     click.echo(f"\nrecords: {plan.out / 'records.jsonl'}")
@@ -195,6 +205,8 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
       rome-bench evaluate --checkpoint DC=../shared/data/beard_model_pool/DC_ConvNet_CIFAR10_50_None.pth \\
           --dataset cifar10 --data-root ../shared/data/cifar10 --attacks none
       rome-bench evaluate --distilled res_DC_CIFAR10_ConvNet_10ipc.pt#0 --attacks FGSM,PGD
+      rome-bench evaluate --checkpoint DC=DC.pth --checkpoint DM=DM.pth --dataset cifar10 \\
+          --data-root ../shared/data/cifar10 --setting transfer,query
     """
     from rome_bench import pipeline
 
@@ -220,8 +232,9 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
 @click.option("--format", "fmt", default="markdown", show_default=True,
               type=click.Choice(["markdown", "csv", "latex"]))
 @click.option("--kind", default="robustness", show_default=True,
-              type=click.Choice(["robustness", "accuracy"]),
-              help="robustness = Table 1 layout; accuracy = clean/attacked accuracy per IPC.")
+              type=click.Choice(["robustness", "accuracy", "blackbox"]),
+              help="robustness = Table 1 layout; accuracy = clean/attacked accuracy per IPC; "
+                   "blackbox = Table 2 layout (transfer and query I-RR per victim).")
 @click.option("--reference", default=None, metavar="paper|CSV",
               help="Put the published Table 1 value and the difference next to each cell.")
 @click.option("--threat-model", default=None, help="Only records of this threat model.")
@@ -238,16 +251,70 @@ def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
       rome-bench table beard.jsonl --format csv
       rome-bench table results/runs/RUN --kind accuracy --format latex
       rome-bench table results/runs/RUN --per-ipc
+      rome-bench table results/runs/RUN --kind blackbox --reference paper
     """
     from rome_bench import report
     from rome_bench.records import read_records
 
     rows = read_records(list(records))
-    if kind == "accuracy" or not report.has_attacks(rows):
+    if kind == "blackbox":
+        from rome_bench import table2
+
+        click.echo(table2.format_table2(rows, fmt, alpha, reference, threat_model, preset))
+    elif kind == "robustness" and not report.has_attacks(rows) and _has_blackbox(rows):
+        from rome_bench import table2  # black-box records only: their table is Table 2
+
+        click.echo(table2.format_table2(rows, fmt, alpha, reference, threat_model, preset))
+    elif kind == "accuracy" or not report.has_attacks(rows):
         click.echo(report.format_accuracy(rows, fmt, threat_model, preset))
     else:
         click.echo(report.format_table1(rows, fmt, alpha, reference, threat_model, preset,
                                         per_ipc))
+
+
+def _has_blackbox(rows) -> bool:
+    from rome_bench import table2
+
+    return table2.has_blackbox(rows)
+
+
+# -- plot ----------------------------------------------------------------------------------
+@main.command()
+@click.argument("records", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), default=None,
+              help="Folder for figures/ (default: the first RECORDS folder, or the file's folder).")
+@click.option("--distilled", "distilled", multiple=True, type=click.Path(), metavar="PATH",
+              help="rome-bench distilled-set file(s) to draw as image grids (also found as *.pt "
+                   "below RECORDS folders).")
+@click.option("--alpha", type=float, default=0.5, show_default=True)
+def plot(records: tuple[str, ...], out: str | None, distilled: tuple[str, ...], alpha: float) -> None:
+    """Figures from records files or run folders (PNG and PDF in OUT/figures).
+
+    Transfer heatmaps (rows = surrogate, columns = victim), accuracy-vs-eps curves from the PGD
+    sweep, distilled-image grids and the Table-1 metrics as grouped bars, as far as the records
+    support them; the rest is listed as skipped.
+
+    \b
+    Examples:
+      rome-bench plot results/runs/RUN
+      rome-bench plot pool.jsonl --out figs --distilled dc_ipc10.pt
+    """
+    from pathlib import Path
+
+    from rome_bench import plots
+    from rome_bench.distilled import DistilledSet
+    from rome_bench.records import read_records
+
+    rows = read_records(list(records))
+    first = Path(records[0])
+    folder = Path(out) if out else (first if first.is_dir() else first.parent)
+    sets = {}
+    for r in records:
+        if Path(r).is_dir():
+            sets.update(plots.find_distilled(Path(r)))
+    for d in distilled:
+        sets[Path(d).stem] = DistilledSet.load(d)
+    plots.write_figures(rows, folder, distilled=sets, alpha=alpha, echo=click.echo)
 
 
 # -- import-beard ------------------------------------------------------------------------

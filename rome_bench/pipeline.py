@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rome_bench import __version__, report
+from rome_bench import __version__, blackbox, report
 from rome_bench import attacks as attacks_mod
 from rome_bench import train as train_mod
 from rome_bench.attacks import AttackSpec, clean_accuracy, run_attack
@@ -71,6 +71,7 @@ class RunConfig:
     device: str | None = None
     show_progress: bool = True
     jobs: int | None = 1  # worker processes; None = auto (see resolve_jobs)
+    settings: str | None = None  # white-box | transfer | query, comma-separated
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Plan:
     out: Path
     run_id: str
     jobs: int = 1
+    settings: list[str] = field(default_factory=lambda: ["white-box"])
 
     def describe(self) -> str:
         lines = [f"rome-bench {__version__} run {self.run_id}",
@@ -111,6 +113,7 @@ class Plan:
                  f"{self.config.seed}, device {self.device}, {self.jobs} worker(s)",
                  f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
                  f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
+                 f"  settings   {', '.join(self.settings)}",
                  f"  test       {self.test_subset or 'all'} images",
                  f"  output     {self.out}",
                  "  cells:"]
@@ -197,6 +200,9 @@ def plan_run(config: RunConfig) -> Plan:
     attack_specs = attacks_mod.parse_attacks(config.attacks)
     modes = attacks_mod.parse_modes(config.modes)
     threats = attacks_mod.parse_threat_models(config.threat_models)
+    settings = blackbox.parse_settings(config.settings)
+    if "transfer" in settings:
+        blackbox.transfer_specs(attack_specs, config.attacks is not None)
     n_test = config.test_subset if config.test_subset is not None else preset.test_subset
     if n_test is not None and n_test <= 0:
         raise PlanError("--test-subset must be positive")
@@ -205,7 +211,7 @@ def plan_run(config: RunConfig) -> Plan:
     out = Path(config.out) if config.out else Path("results") / "runs" / run_id
     jobs = resolve_jobs(config.jobs, device, len(cells))
     return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
-                device, out, run_id, jobs)
+                device, out, run_id, jobs, settings)
 
 
 def available_cores() -> int:
@@ -361,9 +367,10 @@ def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan
                    method: str, ipc: int, repeat: int, source_note: str = "") -> list[Record]:
     """Clean accuracy and every (attack, mode) under every threat model, as records."""
     jobs: list[tuple[AttackSpec | None, str, str]] = []
+    white = [a for a in plan.attacks if a.setting != "query"] if "white-box" in plan.settings else []
     for threat in plan.threat_models:
         jobs.append((None, "clean", threat))
-        for atk in plan.attacks:
+        for atk in white + blackbox.query_specs(plan.attacks, plan.settings):
             for mode in plan.modes:
                 if mode == "targeted" and not atk.targeted:
                     continue  # no targeted mode: left out of targeted tables, as published
@@ -453,8 +460,61 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
                     bar.write(outcome.summary(cell))
                 all_records.extend(outcome.records)
     if all_records:
+        all_records.extend(_transfer_after_cells(plan, store, echo))
         report.write_tables(all_records, plan.out)
+        _write_figures(all_records, plan, _distilled_sets(plan, echo), echo)
     return plan, all_records
+
+
+def _cell_models(plan: Plan, echo: Callable[[str], None], with_models: bool):
+    """Each cell's distilled set (and trained models) again, from the cache the cells filled.
+
+    Transfer needs every model of a run at once and the figures need the distilled sets, while
+    cells may have run in worker processes; reloading cached artefacts is cheap. ``fresh`` is
+    switched off here: the cells have just recomputed everything.
+    """
+    plan = replace(plan, config=replace(plan.config, fresh=False))
+    cache = Cache()
+    train = load_dataset(plan.dataset.name, "train", plan.config.data_root, plan.config.download)
+    for cell in plan.cells:
+        if not with_models and METHODS.entry(cell.method).meta.get("ipc_independent"):
+            continue  # the whole training set: no grid to draw
+        distilled, dkey = distill(cell, train, plan, cache, echo)
+        ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
+        models = [retrain(distilled, dkey, cell, repeat, plan, cache)
+                  for repeat in range(plan.repeats)] if with_models else []
+        yield cell, ipc, distilled, models
+
+
+def _transfer_after_cells(plan: Plan, store: RecordStore, echo: Callable[[str], None]
+                          ) -> list[Record]:
+    """Transfer records among the run's models (same IPC and repeat), appended to ``store``."""
+    if "transfer" not in plan.settings:
+        return []
+    models = [blackbox.TransferModel(cell.label or cell.method, key, model, ipc, repeat)
+              for cell, ipc, _, trained in _cell_models(plan, echo, with_models=True)
+              for repeat, (model, key) in enumerate(trained)]
+    test = load_test_set(plan)
+    recs = blackbox.run_transfer(plan, Cache(), test.images, test.labels, models)
+    store.append(recs)
+    return recs
+
+
+def _distilled_sets(plan: Plan, echo: Callable[[str], None]) -> dict[str, DistilledSet]:
+    """The run's distilled sets by ``<method>_ipc<N>`` (the whole training set is not drawn)."""
+    return {f"{cell.label or cell.method}_ipc{ipc}": distilled
+            for cell, ipc, distilled, _ in _cell_models(plan, echo, with_models=False) if ipc > 0}
+
+
+def _write_figures(records: list[Record], plan: Plan, distilled: dict[str, DistilledSet],
+                   echo: Callable[[str], None]) -> None:
+    """The figures the records support, next to them (a plotting failure never loses records)."""
+    from rome_bench import plots
+
+    try:
+        plots.write_figures(records, plan.out, distilled=distilled, echo=echo)
+    except Exception as exc:  # noqa: BLE001 - the records and tables are already written
+        warn(f"rome-bench: figures not written: {type(exc).__name__}: {exc}")
 
 
 # -- parallel cells ---------------------------------------------------------------------------
@@ -545,6 +605,9 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
     plan = plan_run(replace(config, methods=["random"]))
     plan.cells = []
     cache = Cache()
+    names = [name for name, _ in checkpoints]
+    if "transfer" in plan.settings and len(set(names)) != len(names):
+        raise PlanError(f"--setting transfer needs distinct checkpoint names, got {names}")
     models = []
     for name, path in checkpoints:  # validate every file before the first forward pass
         model = load_dc_checkpoint(path, config.arch, num_classes=plan.dataset.num_classes,
@@ -555,17 +618,25 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
         models.append((name, path, model, key))
     echo(f"rome-bench {__version__}: evaluating {len(models)} checkpoint(s) on {plan.dataset.name} "
          f"({plan.test_subset or 'all'} test images), preset {plan.preset.name}, threat "
-         f"{', '.join(plan.threat_models)}, output {plan.out}")
+         f"{', '.join(plan.threat_models)}, settings {', '.join(plan.settings)}, output {plan.out}")
     test = load_test_set(plan)
     store = RecordStore(plan.out / "records.jsonl")
     records: list[Record] = []
+    transfer_models: list[blackbox.TransferModel] = []
     for name, path, model, key in models:
-        recs = evaluate_model(model, key, test, plan, cache, method=name,
-                              ipc=ipc if ipc is not None else checkpoint_ipc(path), repeat=0)
+        model_ipc = ipc if ipc is not None else checkpoint_ipc(path)
+        recs = evaluate_model(model, key, test, plan, cache, method=name, ipc=model_ipc, repeat=0)
+        store.append(recs)
+        records.extend(recs)
+        if "transfer" in plan.settings:
+            transfer_models.append(blackbox.TransferModel(name, key, model, model_ipc, 0))
+    if transfer_models:
+        recs = blackbox.run_transfer(plan, cache, test.images, test.labels, transfer_models)
         store.append(recs)
         records.extend(recs)
     if records:
         report.write_tables(records, plan.out)
+        _write_figures(records, plan, {}, echo)
     return plan, records
 
 

@@ -73,7 +73,8 @@ PRESETS.add("cpu", Preset(
     scaled="retraining epochs 300 (IPC 1) / 150 (IPC 10) / 50 (IPC 50) instead of 1000 (DC: "
            "300/100/30 instead of 300); full-size 10 epochs; 3 models per cell; attacks on a "
            "class-balanced subset of 1000 test images; CW 30 steps, DeepFool 20 steps; "
-           "method budgets per method (printed in the run plan)",
+           "method budgets per method (printed in the run plan); query black-box: Square 1000 "
+           "queries instead of 5000",
     dataset="cifar10",
     ipcs=(1, 10),
     repeats=3,
@@ -81,7 +82,8 @@ PRESETS.add("cpu", Preset(
     retrain_epochs={1: 300, 10: 150, 50: 50},
     retrain_epochs_noaug={1: 300, 10: 100, 50: 30},
     full_epochs=10,
-    attack_overrides={"CW": {"steps": 30}, "DeepFool": {"steps": 20}},
+    attack_overrides={"CW": {"steps": 30}, "DeepFool": {"steps": 20},
+                      "Square": {"n_queries": 1000}},
     attack_batch_size=500,
 ), description="scaled for 2 CPU cores (hours)")
 
@@ -99,7 +101,8 @@ PRESETS.add("quick", Preset(
            "per cell; attacks on a class-balanced subset of 50 test images; CW 10 steps, "
            "DeepFool 3 steps (torchattacks' DeepFool works image by image), AutoAttack with the "
            "'standard' attacks but Square at 500 queries; method budgets per method (printed in "
-           "the run plan)",
+           "the run plan); query black-box: Square 200 queries instead of 5000, SPSA 32 samples "
+           "per gradient estimate instead of 128",
     dataset="cifar10-mini",
     ipcs=(1,),
     repeats=1,
@@ -108,7 +111,8 @@ PRESETS.add("quick", Preset(
     retrain_epochs_noaug={1: 150, 10: 30, 50: 10},
     full_epochs=5,
     attack_overrides={"CW": {"steps": 10}, "DeepFool": {"steps": 3},
-                      "AutoAttack": {"square_queries": 500}},
+                      "AutoAttack": {"square_queries": 500}, "Square": {"n_queries": 200},
+                      "SPSA": {"nb_sample": 32}},
     attack_batch_size=500,
 ), description="embedded subset, IPC 1, under 10 minutes (default)")
 

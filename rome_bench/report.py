@@ -230,7 +230,12 @@ def _render_table1(rows: list[Table1Row], fmt: str, group: TableGroup,
 
 
 def accuracy_rows(records: list[Record]) -> tuple[list[str], list[list[str]]]:
-    """Clean and per-attack accuracy (mean +- std over repeats) per method x IPC."""
+    """Clean and per-attack accuracy (mean +- std over repeats) per method x IPC.
+
+    Transfer records are left out: they hold one accuracy per surrogate, which the transfer
+    heatmap and Table 2 show.
+    """
+    records = [r for r in records if r.setting != "transfer"]
     present = {r.attack for r in records if r.mode != "clean"}
     order = [a for a in SUITE if a in present] + sorted(present - set(SUITE))
     cols = [("clean", "clean")]
@@ -288,7 +293,8 @@ def format_accuracy(records: list[Record], fmt: str = "markdown", threat_model: 
 
 
 def has_attacks(records: list[Record]) -> bool:
-    return any(r.mode != "clean" for r in records)
+    """Whether the records hold white-box attacks (what Table 1 reports)."""
+    return any(r.mode != "clean" and r.setting == "white-box" for r in records)
 
 
 def write_tables(records: list[Record], folder: Path, alpha: float = 0.5) -> list[Path]:
@@ -299,6 +305,11 @@ def write_tables(records: list[Record], folder: Path, alpha: float = 0.5) -> lis
     md = [format_accuracy(records, "markdown")]
     if has_attacks(records):
         md.insert(0, format_table1(records, "markdown", alpha))
+    from rome_bench import table2
+
+    if table2.has_blackbox(records):
+        md.insert(1 if has_attacks(records) else 0, table2.format_table2(records, "markdown", alpha))
+        written.extend(table2.write_table2(records, folder, alpha))
     atomic_write_text(folder / "tables.md", "\n\n".join(md) + "\n")
     written.append(folder / "tables.md")
     for g in split_groups(records):

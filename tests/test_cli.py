@@ -52,6 +52,10 @@ def bad_set(tmp_path, images, labels):
     (["run", "--method", "zz-planned"], "not implemented yet: see issue #99"),
     (["run", "--method", "random", "--attacks", "FSGM"], "Did you mean: fgsm"),
     (["run", "--method", "random", "--threat-model", "beard"], "Unknown threat model"),
+    (["run", "--method", "random", "--setting", "transfr"], "Unknown setting 'transfr'"),
+    (["run", "--method", "random", "--setting", "transfer", "--attacks", "DeepFool"],
+     "needs a transferable attack"),
+    (["evaluate", "--checkpoint", "A=x.pth", "--setting", "black-box"], "Available: white-box"),
 ])
 def test_bad_options(tmp_path, args, match):
     res, out = run(args, tmp_path)
@@ -103,7 +107,7 @@ def test_checkpoint_that_does_not_fit(tmp_path, pool_dir):
 
 
 def test_every_verb_has_help_with_an_example():
-    for verb in ("run", "evaluate", "table", "import-beard", "list"):
+    for verb in ("run", "evaluate", "table", "plot", "import-beard", "list"):
         res = CliRunner().invoke(main, [verb, "--help"])
         assert res.exit_code == 0 and "Example" in res.output, verb
 
