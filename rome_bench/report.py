@@ -221,12 +221,19 @@ def _render_table1(rows: list[Table1Row], fmt: str, group: TableGroup,
             "targeted mode), U = untargeted (all attacks). Metrics pooled over the IPCs shown "
             "(flattened over attacks x IPCs); "
             "bold = best, underlined = second.")
+    return render_table("Robustness (Table 1 layout)", group.title, body, headers, note, fmt)
+
+
+def render_table(kind: str, title: str, body: list[list[str]], headers: list[str], note: str,
+                 fmt: str) -> str:
+    """A table with its note: a markdown section headed ``kind — title``, or LaTeX with the
+    title and note as comments (CSV is written elsewhere, without decoration)."""
     if fmt == "markdown":
-        return (f"### Robustness (Table 1 layout) — {group.title}\n\n"
+        return (f"### {kind} — {title}\n\n"
                 + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
                 + f"\n\n{note}")
     latex = tabulate(body, headers=headers, tablefmt="latex_raw", disable_numparse=True)
-    return f"% {group.title}\n% {note}\n{latex}"
+    return f"% {title}\n% {note}\n{latex}"
 
 
 def accuracy_rows(records: list[Record]) -> tuple[list[str], list[list[str]]]:

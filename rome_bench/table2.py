@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tabulate import tabulate
-
 from rome_bench.metrics import metric_table
 from rome_bench.records import Record
 from rome_bench.report import (
@@ -30,6 +28,7 @@ from rome_bench.report import (
     _reference_key,
     display_dataset,
     display_method,
+    render_table,
     split_groups,
 )
 
@@ -164,12 +163,8 @@ def _render(rows: list[Table2Row], fmt: str, group: TableGroup,
     if ref is not None and group.threat_model != "beard-compat":
         note += (" The paper's numbers were measured under the beard-compat threat model: "
                  "compare them with --threat-model beard-compat records.")
-    if fmt == "markdown":
-        return (f"### Black-box robustness (Table 2 layout) — {group.title}\n\n"
-                + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
-                + f"\n\n{note}")
-    latex = tabulate(body, headers=headers, tablefmt="latex_raw", disable_numparse=True)
-    return f"% {group.title}\n% {note}\n{latex}"
+    return render_table("Black-box robustness (Table 2 layout)", group.title, body, headers, note,
+                        fmt)
 
 
 def _attacks(group: TableGroup, setting: str) -> str:
