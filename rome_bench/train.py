@@ -3,7 +3,8 @@
 Protocol (VICO-UoE/DatasetCondensation ``utils.evaluate_synset``): SGD, lr 0.01, momentum 0.9,
 weight decay 5e-4, batch 256, shuffled every epoch, the lr divided by 10 at half the epochs
 (with a fresh optimizer, which resets momentum, as the reference does), optional per-image DSA
-on every batch, cross-entropy (against softmax targets for soft labels).
+on every batch, cross-entropy (against softmax targets for soft labels). Sets distilled in a
+whitened space (ZCA inside the model) are augmented after the whitening, as MTT's reference does.
 
 One deliberate difference: the reference loop runs ``epochs + 1`` epochs; we run exactly
 ``epochs`` so the budget printed is the budget spent.
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.augment import DSA
+from rome_bench.models import Normalize
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     """
     model.to(device).train()
     images, labels = images.to(device), labels.to(device)
+    whitened = _has_whitening(model)
     order_gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)
     n = images.shape[0]
@@ -75,15 +78,28 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
         for start in range(0, n, cfg.batch_size):
             idx = perm[start:start + cfg.batch_size]
             x = images[idx]
-            if augment is not None and cfg.augment:
-                x = augment(x, generator=aug_gen)
-            loss = soft_cross_entropy(model(x), labels[idx])
+            if augment is not None and cfg.augment and whitened:
+                # sets distilled in a whitened space (MTT/DATM with ZCA) are augmented there, after
+                # the whitening, as the reference retrains them (DSA on the ZCA'd tensors)
+                z = augment.augment_normalized(model.input_transform(x), generator=aug_gen)
+                logits = model.net(z)
+            else:
+                if augment is not None and cfg.augment:
+                    x = augment(x, generator=aug_gen)
+                logits = model(x)
+            loss = soft_cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         if progress is not None:
             progress(1)
     return model.eval()
+
+
+def _has_whitening(model: nn.Module) -> bool:
+    """True for a Classifier whose input transform goes beyond Normalize (e.g. ZCA after it)."""
+    transform = getattr(model, "input_transform", None)
+    return transform is not None and hasattr(model, "net") and not isinstance(transform, Normalize)
 
 
 @torch.no_grad()

@@ -34,3 +34,47 @@ def test_soft_labels_are_accepted():
     onehot_logits = torch.nn.functional.one_hot(hard, 10).float() * 1e4
     assert torch.allclose(soft_cross_entropy(out, onehot_logits),
                           torch.nn.functional.cross_entropy(out, hard), atol=1e-4)
+
+
+class RecordingDSA(DSA):
+    """DSA that remembers what it was asked to augment (and how)."""
+
+    def __init__(self) -> None:
+        super().__init__(CIFAR10_MEAN, CIFAR10_STD)
+        self.seen: list[tuple[str, torch.Tensor]] = []
+
+    def __call__(self, x, seed=None, generator=None):
+        self.seen.append(("pixels", x.detach().clone()))
+        return super().__call__(x, seed=seed, generator=generator)
+
+    def augment_normalized(self, z, seed=None, generator=None):
+        self.seen.append(("network", z.detach().clone()))
+        return super().augment_normalized(z, seed=seed, generator=generator)
+
+
+def test_whitened_sets_are_augmented_after_the_whitening():
+    # MTT/DATM with ZCA: the reference applies DSA to the whitened tensors, so the augmentation
+    # must see model.input_transform(x), not the pixels
+    from rome_bench.models import LinearTransform
+
+    torch.manual_seed(0)
+    matrix = torch.eye(3 * 32 * 32) * 2.0
+    zca = LinearTransform(matrix, torch.zeros(3 * 32 * 32))
+    model = build_model("convnet-w32", num_classes=2, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                        whitening=zca)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 0, 1, 1])
+    aug = RecordingDSA()
+    train_model(model, x, y, TrainConfig(epochs=1, batch_size=4), augment=aug, seed=0)
+    kinds = [k for k, _ in aug.seen]
+    assert kinds == ["network"]
+    expected = model.input_transform(x).detach()
+    seen = aug.seen[0][1]
+    # the same images (in some batch order), in the whitened space
+    assert torch.allclose(seen.sum(0), expected.sum(0), atol=1e-4)
+    assert not torch.allclose(seen.sum(0), x.sum(0), atol=1e-2)
+
+    # a plain model keeps augmenting [0,1] pixels (normalization happens inside DSA)
+    plain = build_model("convnet-w32", num_classes=2, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    aug = RecordingDSA()
+    train_model(plain, x, y, TrainConfig(epochs=1, batch_size=4), augment=aug, seed=0)
+    assert [k for k, _ in aug.seen][0] == "pixels"
