@@ -445,12 +445,14 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
     plan = plan_run(config)
     echo(plan.describe())
     store = RecordStore(plan.out / "records.jsonl")
+    # loaded once here: the serial loop, transfer and the figures use it, and with workers it
+    # fetches/verifies the data (download, clear errors) before any worker starts
+    train = load_dataset(plan.dataset.name, "train", config.data_root, config.download)
+    test = load_test_set(plan)
     if plan.jobs > 1:
         all_records = _run_parallel(plan, store, echo)
     else:
         cache = Cache()
-        train = load_dataset(plan.dataset.name, "train", config.data_root, config.download)
-        test = load_test_set(plan)
         all_records = []
         with tqdm(plan.cells, desc="cells", disable=not config.show_progress,
                   dynamic_ncols=True) as bar:
@@ -460,13 +462,13 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
                     bar.write(outcome.summary(cell))
                 all_records.extend(outcome.records)
     if all_records:
-        all_records.extend(_transfer_after_cells(plan, store, echo))
+        all_records.extend(_transfer_after_cells(plan, train, test, store, echo))
         report.write_tables(all_records, plan.out)
-        _write_figures(all_records, plan, _distilled_sets(plan, echo), echo)
+        _write_figures(all_records, plan, _distilled_sets(plan, train, echo), echo)
     return plan, all_records
 
 
-def _cell_models(plan: Plan, echo: Callable[[str], None], with_models: bool):
+def _cell_models(plan: Plan, train: ImageSet, echo: Callable[[str], None], with_models: bool):
     """Each cell's distilled set (and trained models) again, from the cache the cells filled.
 
     Transfer needs every model of a run at once and the figures need the distilled sets, while
@@ -475,7 +477,6 @@ def _cell_models(plan: Plan, echo: Callable[[str], None], with_models: bool):
     """
     plan = replace(plan, config=replace(plan.config, fresh=False))
     cache = Cache()
-    train = load_dataset(plan.dataset.name, "train", plan.config.data_root, plan.config.download)
     for cell in plan.cells:
         if not with_models and METHODS.entry(cell.method).meta.get("ipc_independent"):
             continue  # the whole training set: no grid to draw
@@ -486,24 +487,25 @@ def _cell_models(plan: Plan, echo: Callable[[str], None], with_models: bool):
         yield cell, ipc, distilled, models
 
 
-def _transfer_after_cells(plan: Plan, store: RecordStore, echo: Callable[[str], None]
-                          ) -> list[Record]:
+def _transfer_after_cells(plan: Plan, train: ImageSet, test: ImageSet, store: RecordStore,
+                          echo: Callable[[str], None]) -> list[Record]:
     """Transfer records among the run's models (same IPC and repeat), appended to ``store``."""
     if "transfer" not in plan.settings:
         return []
     models = [blackbox.TransferModel(cell.label or cell.method, key, model, ipc, repeat)
-              for cell, ipc, _, trained in _cell_models(plan, echo, with_models=True)
+              for cell, ipc, _, trained in _cell_models(plan, train, echo, with_models=True)
               for repeat, (model, key) in enumerate(trained)]
-    test = load_test_set(plan)
     recs = blackbox.run_transfer(plan, Cache(), test.images, test.labels, models)
     store.append(recs)
     return recs
 
 
-def _distilled_sets(plan: Plan, echo: Callable[[str], None]) -> dict[str, DistilledSet]:
+def _distilled_sets(plan: Plan, train: ImageSet, echo: Callable[[str], None]
+                    ) -> dict[str, DistilledSet]:
     """The run's distilled sets by ``<method>_ipc<N>`` (the whole training set is not drawn)."""
     return {f"{cell.label or cell.method}_ipc{ipc}": distilled
-            for cell, ipc, distilled, _ in _cell_models(plan, echo, with_models=False) if ipc > 0}
+            for cell, ipc, distilled, _ in _cell_models(plan, train, echo, with_models=False)
+            if ipc > 0}
 
 
 def _write_figures(records: list[Record], plan: Plan, distilled: dict[str, DistilledSet],
@@ -553,8 +555,6 @@ def _worker_cell(index: int) -> CellOutcome:
 
 def _run_parallel(plan: Plan, store: RecordStore, echo: Callable[[str], None]) -> list[Record]:
     """Run the cells in ``plan.jobs`` processes; records are appended in plan order."""
-    # fetch/verify the data once here (download, clear errors) before starting any worker
-    load_dataset(plan.dataset.name, "train", plan.config.data_root, plan.config.download)
     threads = max(1, available_cores() // plan.jobs)
     done: dict[int, list[Record]] = {}
     started = time.perf_counter()
