@@ -1,31 +1,32 @@
 """Seconds per distillation iteration: rome-bench against a plain reference-style loop.
 
-For every method in :data:`BENCHES` and every IPC, rome-bench's implementation and a plain
-loop written here in the reference's structure run the same number of iterations on the same
-inputs: training set, IPC, the method's registered budget for ``--preset``, initial images and
-seed. The reference structures: DC/DSA (DatasetCondensation ``main.py``) one forward/backward
-per class, gradients of every parameter, a DataLoader for the inner training; DM
-(``main_DM.py``) per class one embedding pass of the real batch and one of the synthetic
-images through a fresh frozen ConvNet, one image step per iteration; IDM (uitrbn/IDM
-``IDM_cifar10.py``) per class the expanded (4x) synthetic images, an embedding pass of the real
-batch through the sampled queue net with its graph built and then detached, an embedding pass
-and a separate full forward (for the CE logits) of the synthetic images, one image step per
-class, then the queue's net training on real batches. Runs alternate between the two and the
-median of ``--repeats`` is reported, as wall seconds and as process CPU seconds (steadier on a
-shared machine), with their ratio (rome-bench / reference; goal <= 1.0, stretch 0.5). A
-correctness column gives the relative difference of the two implementations' matching loss on
-one shared batch.
+For every method in :data:`BENCHES` and every IPC, rome-bench's implementation and a plain loop
+written here in the reference's structure run the same number of iterations on the same inputs:
+training set, IPC, the method's registered budget for ``--preset``, initial images and seed.
+The reference structures: DC/DSA (DatasetCondensation ``main.py``) one forward/backward per
+class, gradients of every parameter, a DataLoader for the inner training; DM (``main_DM.py``)
+per class one embedding pass of the real batch and one of the synthetic images through a fresh
+frozen ConvNet, one image step per iteration; IDM (uitrbn/IDM ``IDM_cifar10.py``) per class the
+expanded (4x) synthetic images, an embedding pass of the real batch through the sampled queue
+net with its graph built and then detached, an embedding pass and a separate full forward (for
+the CE logits) of the synthetic images, one image step per class, then the queue's net training
+on real batches; BACON (zhouzhengqd/BACON ``BACON_cifar10.py``) IDM's structure with its
+Gaussian NLL + 0.8 TV matching term. Runs alternate between the two and the median of
+``--repeats`` is reported, as wall seconds and as process CPU seconds (steadier on a shared
+machine), with their ratio (rome-bench / reference; goal <= 1.0, stretch 0.5). A correctness
+column gives the relative difference of the two implementations' matching loss on one shared
+batch.
 
-    python benchmarks/distill_step.py                              # dc, dsa, dm, idm; quick; IPC 1, 10
+    python benchmarks/distill_step.py                              # dc, dsa, dm, idm, bacon; quick; IPC 1, 10
     python benchmarks/distill_step.py --methods dm,idm --iterations 2 --repeats 3
     python benchmarks/distill_step.py --methods dsa --ipc 10 --iterations 1 --repeats 3
     python benchmarks/distill_step.py --preset cpu --dataset cifar10 --data-root DIR --ipc 1
     python benchmarks/distill_step.py --preset paper --ipc 1 --chunk 100000   # one pass per side, as on a GPU
 
-To add a method (bacon, ...), write its two runners and add one row to ``BENCHES``. DM and
-IDM run the registered method (``METHODS``) with the benchmark's iterations; ``--chunk`` is
-passed to them as ``max_batch``. The IDM check compares the whole per-class loss (DM gap on
-the expanded images plus the accuracy-weighted CE) on a fresh net whose meter has seen one
+To add a method, write its two runners and add one row to ``BENCHES``. DM, IDM and BACON run
+the registered method (``METHODS``) with the benchmark's iterations; ``--chunk`` is passed to
+them as ``max_batch``. The IDM and BACON checks compare the whole per-class loss (matching term
+on the expanded images plus the accuracy-weighted CE) on a fresh net whose meter has seen one
 real batch; the queue's training is timed but not checked.
 """
 
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from baselines.bacon import bacon_class_loss
 from baselines.idm import idm_class_loss
 from rome_bench.augment import DSA
 from rome_bench.data import DATASETS, DatasetSpec, ImageSet, load_dataset
@@ -278,8 +280,18 @@ def _reference_expand(stored: torch.Tensor) -> torch.Tensor:
     return F.interpolate(torch.cat(quads), scale_factor=2, mode="bilinear", align_corners=False)
 
 
-def _reference_idm_class_loss(net, img_real, stored_c, c, seed, aug, weight, ce_weight):
-    """One class of IDM: DM's gap on the expanded images plus the accuracy-weighted CE.
+def _reference_bacon_match(out_real: torch.Tensor, out_syn: torch.Tensor) -> torch.Tensor:
+    """BACON's matching term: Gaussian NLL of the synthetic mean plus 0.8 x total variation."""
+    mu_real, mu_syn = out_real.mean(dim=0), out_syn.mean(dim=0)
+    sigma = torch.exp(torch.std(out_real, dim=0))
+    nll = torch.sum(torch.log((2 * torch.pi) ** 0.5 * sigma) + 0.5 * ((mu_syn - mu_real) / sigma) ** 2)
+    return nll + 0.8 * 0.5 * torch.sum(torch.abs(mu_real - mu_syn))
+
+
+def _reference_idm_class_loss(net, img_real, stored_c, c, seed, aug, weight, ce_weight,
+                              match=_mean_gap):
+    """One class of IDM (``match`` = DM's gap) or BACON (``match`` = NLL + 0.8 TV) on the
+    expanded images, plus the accuracy-weighted CE.
 
     As in the reference, the real batch goes through the (trainable) network and is detached
     afterwards, and the logits come from a second, full forward of the synthetic images.
@@ -287,13 +299,13 @@ def _reference_idm_class_loss(net, img_real, stored_c, c, seed, aug, weight, ce_
     img_syn = _reference_expand(stored_c)
     img_real = aug.augment_normalized(img_real, seed=seed)
     img_syn = aug.augment_normalized(img_syn, seed=seed)
-    loss_c = _mean_gap(net.embed(img_real).detach(), net.embed(img_syn))
+    loss_c = match(net.embed(img_real).detach(), net.embed(img_syn))
     lab_syn = torch.full((img_syn.shape[0],), c, dtype=torch.long, device=img_syn.device)
     logits_syn = net(img_syn)
     return loss_c + ce_weight * weight * F.cross_entropy(logits_syn, lab_syn)
 
 
-def _reference_idm(inp: Inputs) -> None:
+def _reference_idm(inp: Inputs, match=_mean_gap) -> None:
     p, ipc, n_cls = inp.params, inp.ipc, inp.train.num_classes
     gen = torch.Generator().manual_seed(inp.seed)
     train_z, indices_class = _class_pool(inp)
@@ -341,7 +353,7 @@ def _reference_idm(inp: Inputs) -> None:
             img_real = train_z[_draw(indices_class[c], int(p["batch_real"]), gen).to(train_z.device)]
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
             loss_c = _reference_idm_class_loss(net, img_real, image_syn[c * ipc:(c + 1) * ipc], c,
-                                               seed, aug, weight, float(p["ce_weight"]))
+                                               seed, aug, weight, float(p["ce_weight"]), match)
             optimizer_img.zero_grad()
             loss_c.backward()
             optimizer_img.step()
@@ -360,12 +372,14 @@ def _reference_idm(inp: Inputs) -> None:
                 meters[j][1] += len(idx)
 
 
-def _check_idm(inp: Inputs) -> float:
+def _check_idm(inp: Inputs, method: str = "idm") -> float:
     """Relative difference of the two IDM losses (DM gap on the expanded images plus weighted CE),
     summed over classes, on one shared batch, network and DSA seeds. The network is a fresh
     one whose accuracy meter has seen one real batch (the CE weight is its measured accuracy)."""
     real, stored = _shared_batch(inp, int(inp.params["batch_real"]))
     n_cls, ipc = inp.train.num_classes, inp.ipc
+    ours_loss = bacon_class_loss if method == "bacon" else idm_class_loss
+    match = _reference_bacon_match if method == "bacon" else _mean_gap
     torch.manual_seed(inp.seed)
     model = build_model(str(inp.params.get("arch", "convnet")), num_classes=n_cls,
                         channels=inp.train.channels, image_size=inp.train.image_size,
@@ -389,9 +403,10 @@ def _check_idm(inp: Inputs) -> float:
         lab = torch.full((feats.shape[0],), c, dtype=torch.long, device=feats.device)
         terms = ClassTerms(c, feats_real[c], feats, model.net.classifier(feats), lab,
                            queued.accuracy, queued)
-        ours += float(idm_class_loss(terms, s).detach())
+        ours += float(ours_loss(terms, s).detach())
         ref += float(_reference_idm_class_loss(model.net, real[c], stored_c, c, seeds[c], aug,
-                                               queued.accuracy, s.ce_weight).detach())
+                                               queued.accuracy, s.ce_weight,
+                                               match).detach())
     return abs(ours - ref) / max(abs(ref), 1e-12)
 
 
@@ -414,6 +429,9 @@ BENCHES: dict[str, Bench] = {
                  lambda i: _check_gradient_matching(i, True)),
     "dm": Bench(lambda i: _ours_registered(i, "dm"), _reference_dm, _check_dm),
     "idm": Bench(lambda i: _ours_registered(i, "idm"), _reference_idm, _check_idm),
+    "bacon": Bench(lambda i: _ours_registered(i, "bacon"),
+                   lambda i: _reference_idm(i, _reference_bacon_match),
+                   lambda i: _check_idm(i, "bacon")),
 }
 
 
