@@ -96,9 +96,10 @@ PRESETS.add("quick", Preset(
     # model, retraining ~125 images/s per worker. An IPC-10 cell of a factorized method (IDM,
     # BACON, ROME: 400 retraining images) alone costs ~2 min, so IPC 10 is left to --ipc.
     scaled="data: embedded 2,000-image train subset; IPC 1 only (add --ipc 1,10 for IPC 10, "
-           "whose cells cost several CPU-minutes each); retraining epochs 150 (IPC 1) / 40 (IPC 10) / 15 (IPC 50) instead "
-           "of 1000 (DC: 150/30/10 instead of 300); full-size 5 epochs on the subset; 1 model "
-           "per cell; attacks on a class-balanced subset of 50 test images; CW 10 steps, "
+           "whose cells cost several CPU-minutes each); retraining epochs 150 (IPC 1) / 40 "
+           "(IPC 10) / 15 (IPC 50) instead of 1000 (DC: 150/30/10 instead of 300); full-size "
+           "5 epochs on the subset; 1 model per cell; attacks on a class-balanced subset of 50 "
+           "test images; CW 10 steps, "
            "DeepFool 3 steps (torchattacks' DeepFool works image by image), AutoAttack with the "
            "'standard' attacks but Square at 500 queries; method budgets per method (printed in "
            "the run plan); query black-box: Square 200 queries instead of 5000, SPSA 32 samples "
