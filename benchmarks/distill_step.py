@@ -141,10 +141,7 @@ def _reference_gradient_matching(inp: Inputs, use_dsa: bool) -> None:
                                     momentum=float(p.get("momentum_img", 0.5)))
     aug = DSA(inp.dataset.mean, inp.dataset.std) if use_dsa else None
     for it in range(inp.iterations):
-        torch.manual_seed(inp.seed * 100003 + it)
-        net = build_model(str(p.get("net", "convnet")), num_classes=n_cls,
-                          channels=inp.train.channels, image_size=inp.train.image_size).net
-        net = net.to(train_z.device).train()
+        net = _fresh_convnet(inp, inp.seed * 100003 + it).train()
         optimizer_net = torch.optim.SGD(net.parameters(), lr=float(p["lr_net"]))
         for ol in range(outer_loop):
             real = [get_images(c, int(p["batch_real"])) for c in range(n_cls)]
