@@ -39,7 +39,14 @@ _OWN_PACKAGES = ("rome_bench", "baselines")
 
 
 def _own_dependencies(module: types.ModuleType) -> set[str]:
-    """Names of rome-bench/baselines modules that ``module`` uses, transitively."""
+    """Names of rome-bench/baselines modules that ``module`` uses, transitively.
+
+    A package's own submodules are not followed through the package: importing
+    ``rome_bench.methods.rome`` sets it as an attribute of ``rome_bench.methods``, and following
+    that attribute would make every method depend on ROME's code (and every edit of the
+    distribution-matching helpers invalidate the random baseline's cache). What a package
+    really uses from a submodule is still found, through the functions and classes it holds.
+    """
     seen: set[str] = set()
     todo = [module.__name__]
     while todo:
@@ -48,8 +55,12 @@ def _own_dependencies(module: types.ModuleType) -> set[str]:
             continue
         seen.add(name)
         for value in vars(sys.modules[name]).values():
-            dep = value.__name__ if isinstance(value, types.ModuleType) else getattr(
-                value, "__module__", None)
+            if isinstance(value, types.ModuleType):
+                dep = value.__name__
+                if dep.startswith(name + "."):
+                    continue
+            else:
+                dep = getattr(value, "__module__", None)
             if isinstance(dep, str) and dep.split(".")[0] in _OWN_PACKAGES and dep not in seen:
                 todo.append(dep)
     return seen

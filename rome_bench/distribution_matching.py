@@ -115,14 +115,16 @@ class Normalizer:
 
 
 def default_max_batch(device: str | torch.device) -> int:
-    """Images per forward pass: 4096 on GPUs, 64 on CPUs.
+    """Images per forward pass: 4096 on GPUs, 16 on CPUs.
 
-    On CPUs the ConvNet runs faster per image in passes whose activations stay in cache, but
-    very small passes lose to threading overhead on a busy machine. Measured on this project's
-    2-core machine (4 DM iterations, quick budget, IPC 10, under load): 1 thread 13.9 / 10.6 /
-    17.9 s and 2 threads 39.8 / 15.3 / 17.2 s for passes of 16 / 64 / 256 images.
+    On CPUs the ConvNet runs faster per image in small passes whose activations stay in cache.
+    Measured on this project's idle 2-core machine with ``benchmarks/distill_step.py --methods
+    dm --iterations 10 --repeats 3 --chunk N`` (seconds per DM iteration, quick budget, IPC 1 /
+    IPC 10): 1 thread 0.56 / 1.12 (N=16), 0.65 / 1.13 (32), 0.69 / 1.26 (64); 2 threads 0.34 /
+    0.69 (16) against 0.46 / 0.82 (64); at the cpu budget (IPC 10, batch_real 64) 2.75 s (16)
+    against 3.13 s (64). An earlier measurement on a loaded machine had favoured 64.
     """
-    return 4096 if torch.device(device).type == "cuda" else 64
+    return 4096 if torch.device(device).type == "cuda" else 16
 
 
 def embed_per_class(embed: Callable[[torch.Tensor], torch.Tensor],

@@ -169,6 +169,19 @@ def test_code_version_covers_shared_helper_modules():
     assert code_version(fn) and code_version(fn) != code_version(METHODS.get("random"))
 
 
+
+def test_code_version_ignores_sibling_methods_registered_by_the_package():
+    # rome_bench.methods imports its submodules (rome, ...) to register them; that must not make
+    # the random baseline's cache depend on ROME's or the DM helpers' source
+    from rome_bench.cache import _own_dependencies
+    from rome_bench.methods import METHODS
+
+    fn = METHODS.get("random")
+    deps = _own_dependencies(__import__(fn.__module__, fromlist=["x"]))
+    assert "rome_bench.methods" in deps and "rome_bench.data" in deps
+    assert "rome_bench.methods.rome" not in deps
+    assert "rome_bench.distribution_matching" not in deps
+
 def test_parallel_workers_write_the_same_records_as_one_process(tmp_path):
     # two worker processes (spawned: the 'unit' preset travels inside the pickled plan)
     _, serial = pipeline.run(config(tmp_path, methods=["random", "full"], attacks="FGSM",
