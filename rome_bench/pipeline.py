@@ -71,6 +71,8 @@ class RunConfig:
     test_subset: int | None = None
     device: str | None = None
     show_progress: bool = True
+    # progress as log lines instead of bars (set in worker processes, whose bars would collide)
+    progress_lines: bool = False
     jobs: int | None = 1  # worker processes; None = auto (see resolve_jobs)
     settings: str | None = None  # white-box | transfer | query, comma-separated
 
@@ -257,8 +259,15 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
     if plan.config.fresh and ckpt_path.exists():
         ckpt_path.unlink()
 
+    started = time.perf_counter()
+    total = cell.params.get("iterations")
+
     def save_checkpoint(state: dict[str, Any], iteration: int) -> None:
         atomic_torch_save({"state": state, "iteration": iteration}, ckpt_path)
+        if plan.config.progress_lines:
+            of = f"/{total}" if total else ""
+            log(f"  {cell.label or cell.method} IPC {ipc}: iteration {iteration}{of} checkpointed "
+                f"after {time.perf_counter() - started:.0f} s")
 
     def resume() -> tuple[dict[str, Any], int] | None:
         if not ckpt_path.exists():
@@ -291,8 +300,11 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
 
 
 def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, plan: Plan,
-            cache: Cache) -> tuple[Classifier, str]:
-    """A freshly trained model on ``distilled`` (cached by everything that determines it)."""
+            cache: Cache, log: Callable[[str], None] | None = None) -> tuple[Classifier, str]:
+    """A freshly trained model on ``distilled`` (cached by everything that determines it).
+
+    With ``plan.config.progress_lines``, a finished training is reported through ``log``.
+    """
     entry = METHODS.entry(cell.method)
     augment = bool(distilled.meta.get("augment", entry.meta.get("retrain_augment", True)))
     # the budget follows the requested IPC, not the stored image count (factorized sets such as
@@ -329,11 +341,16 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
     dsa = DSA(plan.dataset.mean, plan.dataset.std) if augment else None
     label = cell.label or cell.method
     ipc_txt = "full" if cell.ipc == 0 else f"ipc{budget_ipc}"
+    started = time.perf_counter()
     with tqdm(total=epochs, desc=f"retrain {label} {ipc_txt} #{repeat}", leave=False,
               disable=not plan.config.show_progress, dynamic_ncols=True) as bar:
         train_mod.train_model(model, distilled.images, distilled.labels, cfg, augment=dsa,
                               seed=seed, device=plan.device, progress=bar.update)
     atomic_torch_save(model.cpu().state_dict(), path)
+    if plan.config.progress_lines and log is not None:
+        where = "full-size" if cell.ipc == 0 else f"IPC {budget_ipc}"
+        log(f"  {label} {where}: model {repeat + 1}/{plan.repeats} retrained in "
+            f"{time.perf_counter() - started:.0f} s")
     return model.eval(), key
 
 
@@ -425,7 +442,7 @@ def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cac
     records: list[Record] = []
     for repeat in range(plan.repeats):
         start = time.perf_counter()
-        model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache)
+        model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache, log)
         seconds["retrain"] += time.perf_counter() - start
         start = time.perf_counter()
         recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
@@ -542,7 +559,8 @@ def _init_worker(plan: Plan, threads: int) -> None:
     """Load the data once per worker process; each worker uses ``threads`` torch threads."""
     _die_with_parent()
     torch.set_num_threads(threads)
-    quiet = replace(plan.config, show_progress=False)  # bars from several processes collide
+    # bars from several processes collide: workers report progress as lines instead
+    quiet = replace(plan.config, show_progress=False, progress_lines=plan.config.show_progress)
     _WORKER["plan"] = replace(plan, config=quiet)
     _WORKER["train"] = load_dataset(plan.dataset.name, "train", plan.config.data_root,
                                     plan.config.download)

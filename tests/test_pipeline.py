@@ -239,3 +239,33 @@ def test_killing_a_parallel_run_leaves_no_worker_behind(tmp_path):
             break
         time.sleep(0.05)
     assert not any(alive(p) for p in workers)
+
+
+def test_worker_style_runs_report_progress_as_lines(tmp_path):
+    # worker processes cannot draw bars, so they log each checkpoint and each retrained model
+    from rome_bench import DistilledSet
+    from rome_bench.methods import METHODS, register_method
+
+    @register_method("test-checkpointing", description="first images, checkpointed twice",
+                     in_all=False, budgets={"unit": {"all": {"iterations": 4}}})
+    def first_images(train, ipc, cfg):
+        for it in (2, 4):
+            cfg.checkpoint({"step": torch.tensor(it)}, it)
+        idx = torch.cat([train.indices_of(c)[:ipc] for c in range(train.num_classes)])
+        return DistilledSet(train.images[idx], train.labels[idx])
+
+    lines: list[str] = []
+    try:
+        plan = pipeline.plan_run(config(tmp_path, methods=["test-checkpointing"], ipcs=[1],
+                                        attacks="none", progress_lines=True))
+        train = pipeline.load_dataset(plan.dataset.name, "train", None, False)
+        test = pipeline.load_test_set(plan)
+        pipeline.run_cell(plan.cells[0], train, test, plan, pipeline.Cache(tmp_path / "cache"),
+                          lines.append)
+    finally:
+        METHODS._remove(METHODS.entry("test-checkpointing"))
+    assert [line.split(" checkpointed")[0] for line in lines[:2]] == [
+        "  test-checkpointing IPC 1: iteration 2/4", "  test-checkpointing IPC 1: iteration 4/4"]
+    retrained = [line for line in lines if "retrained in" in line]  # none came from a cache
+    assert len(retrained) == plan.repeats
+    assert retrained[0].startswith("  test-checkpointing IPC 1: model 1/")
