@@ -105,6 +105,16 @@ class Plan:
     run_id: str
     jobs: int = 1
     settings: list[str] = field(default_factory=lambda: ["white-box"])
+    # code hashes taken once when the run is planned (see code_versions_for): every cache key of
+    # the run uses them, so editing a file while a long run is going on cannot make a later
+    # stage (a worker, the figures) look for the run's own results under another key
+    code_versions: dict[str, str] = field(default_factory=dict)
+
+    def code_of(self, name: str, obj: Any) -> str:
+        """The hash of ``obj``'s code taken when the run was planned (computed now if absent)."""
+        if name not in self.code_versions:
+            self.code_versions[name] = code_version(obj)
+        return self.code_versions[name]
 
     def describe(self) -> str:
         lines = [f"rome-bench {__version__} run {self.run_id}",
@@ -214,7 +224,15 @@ def plan_run(config: RunConfig) -> Plan:
     out = Path(config.out) if config.out else Path("results") / "runs" / run_id
     jobs = resolve_jobs(config.jobs, device, len(cells))
     return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
-                device, out, run_id, jobs, settings)
+                device, out, run_id, jobs, settings, code_versions_for(cells))
+
+
+def code_versions_for(cells: list[Cell]) -> dict[str, str]:
+    """Code hashes of the cells' methods, of retraining and of the attacks, at planning time."""
+    versions = {f"method:{c.method}": code_version(METHODS.entry(c.method).obj) for c in cells}
+    versions["train"] = code_version(train_mod)
+    versions["attacks"] = code_version(attacks_mod)
+    return versions
 
 
 def available_cores() -> int:
@@ -237,15 +255,21 @@ def resolve_jobs(jobs: int | None, device: str, n_cells: int) -> int:
 
 
 # -- stages --------------------------------------------------------------------------------
+def distill_key(cell: Cell, plan: Plan) -> str:
+    """The cache key of ``cell``'s distilled set (and of its distillation checkpoint)."""
+    entry = METHODS.entry(cell.method)
+    return content_key(stage="distill", method=cell.method, dataset=plan.dataset.name,
+                       ipc=cell.ipc, preset=plan.preset.name, seed=plan.config.seed,
+                       params=cell.params, code=plan.code_of(f"method:{cell.method}", entry.obj),
+                       version=__version__, data_root=str(plan.config.data_root or ""))
+
+
 def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable[[str], None]
             ) -> tuple[DistilledSet, str]:
     """The distilled set of ``cell`` (from the cache when possible) and its cache key."""
     entry = METHODS.entry(cell.method)
     ipc = cell.ipc
-    key = content_key(stage="distill", method=cell.method, dataset=plan.dataset.name, ipc=ipc,
-                      preset=plan.preset.name, seed=plan.config.seed, params=cell.params,
-                      code=code_version(entry.obj), version=__version__,
-                      data_root=str(plan.config.data_root or ""))
+    key = distill_key(cell, plan)
     path = cache.distilled(key)
     cacheable = not entry.meta.get("ipc_independent")
     if cacheable and path.exists() and not plan.config.fresh:
@@ -319,7 +343,7 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
                                 batch_size=int(distilled.meta.get("retrain_batch_size", 256)))
     seed = plan.config.seed * 1000 + repeat
     key = content_key(stage="retrain", distilled=distill_key, arch=plan.config.arch, cfg=cfg,
-                      seed=seed, code=code_version(train_mod), version=__version__)
+                      seed=seed, code=plan.code_of("train", train_mod), version=__version__)
     path = cache.model(key)
 
     zca = distilled.meta.get("zca")
@@ -362,7 +386,7 @@ def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpe
                       params=attack.params if attack else None, overrides=overrides, mode=mode,
                       threat=threat_model, test=plan.test_subset, dataset=plan.dataset.name,
                       data_root=str(plan.config.data_root or ""), seed=plan.config.seed,
-                      code=code_version(attacks_mod), version=__version__)
+                      code=plan.code_of("attacks", attacks_mod), version=__version__)
     path = cache.measurement(key)
     cached = None if plan.config.fresh else read_json(path)
     if cached is not None:
@@ -498,6 +522,11 @@ def _cell_models(plan: Plan, train: ImageSet, echo: Callable[[str], None], with_
     for cell in plan.cells:
         if not with_models and METHODS.entry(cell.method).meta.get("ipc_independent"):
             continue  # the whole training set: no grid to draw
+        if not with_models and not cache.distilled(distill_key(cell, plan)).exists():
+            # never distill again just to draw a figure (hours at the cpu preset)
+            echo(f"  no figure of {cell.label or cell.method}'s images: its distilled set is not "
+                 "in the cache")
+            continue
         distilled, dkey = distill(cell, train, plan, cache, echo)
         ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
         models = [retrain(distilled, dkey, cell, repeat, plan, cache)

@@ -269,3 +269,18 @@ def test_worker_style_runs_report_progress_as_lines(tmp_path):
     retrained = [line for line in lines if "retrained in" in line]  # none came from a cache
     assert len(retrained) == plan.repeats
     assert retrained[0].startswith("  test-checkpointing IPC 1: model 1/")
+
+
+def test_code_hashes_are_taken_once_per_run(tmp_path, monkeypatch):
+    # a source file edited while a long run goes on must not send its later stages (workers,
+    # the figures) to other cache keys: here every fresh hash differs from the last
+    import itertools
+
+    fresh_hashes = itertools.count()
+    monkeypatch.setattr(pipeline, "code_version", lambda obj: f"edited-{next(fresh_hashes)}")
+    plan, records = pipeline.run(config(tmp_path, methods=["random"], attacks="none"),
+                                 echo=lambda s: None)
+    assert {r.ipc for r in records} == {1, 2}
+    sets = list((Path(os.environ["ROME_BENCH_CACHE"]) / "distilled").glob("*.pt"))
+    assert len(sets) == 2  # one per IPC: the figures found them instead of distilling again
+    assert plan.code_versions["method:random"].startswith("edited-")
