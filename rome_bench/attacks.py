@@ -122,6 +122,13 @@ for _k in (2, 4, 6, 8, 10):
                     {"eps": _k / 255, "alpha": 2 / 255, "steps": 10, "random_start": False}, True,
                     _k / 255, suite=False, compat_params={"alpha": 2 / 225}),
          description=f"PGD-Linf at eps {_k}/255 (the eps sweep, optional extra)")
+# A diagnostic, not an attack: FGSM with a zero budget returns its input, clamped to [0,1] in
+# the attack's input space. Under ``standard`` that is the clean accuracy (a sanity check);
+# under ``beard-compat`` the clamp acts on DC-normalized values, so this isolates how much of
+# every compat attack's effect comes from the clamp alone, before any perturbation.
+_add(AttackSpec("FGSM-eps0", torchattacks.FGSM, {"eps": 0.0}, False, 0.0, suite=False),
+     description="FGSM at eps 0: no perturbation, only the attack's [0,1] clamp (diagnostic "
+                 "for beard-compat; run it on its own, --attacks FGSM-eps0, so it stays out of the metrics)")
 _add(AttackSpec("Square", torchattacks.Square,
                 {"norm": "Linf", "eps": 8 / 255, "n_queries": 5000, "n_restarts": 1}, True, 8 / 255,
                 suite=False, setting="query"),

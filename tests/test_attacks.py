@@ -83,6 +83,20 @@ def test_standard_fgsm_is_far_stronger_than_beard_compat(dc_model, images):
     assert not dc_model.training
 
 
+def test_fgsm_eps0_is_clean_under_standard_and_the_bare_clamp_under_compat(dc_model, images):
+    x, y = images
+    zero = ATTACKS.get("FGSM-eps0")
+    assert zero.name not in [a.name for a in parse_attacks(None)]  # never in the metrics' suite
+    std = run_attack(zero, dc_model, x, y, mode="untargeted")
+    assert std.accuracy == pytest.approx(clean_accuracy(dc_model, x, y).accuracy)
+    compat = run_attack(zero, dc_model, x, y, mode="untargeted", threat_model="beard-compat")
+    view = attack_view(dc_model, "beard-compat", 10)
+    with torch.no_grad():
+        clamped = view.model(view.to_input(x).clamp(0, 1)).argmax(1)
+    assert compat.accuracy == pytest.approx(100 * float((clamped == y).float().mean()))
+    assert compat.accuracy < std.accuracy  # the clamp alone costs this checkpoint accuracy
+
+
 def test_targeted_pgd_hits_its_target_more_often_than_chance(dc_model, images):
     x, y = images
     view = attack_view(dc_model, "standard", 10)
