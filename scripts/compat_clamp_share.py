@@ -1,0 +1,83 @@
+"""How much of each beard-compat attack is the clamp alone: attacked accuracy minus clamp-only.
+
+Under ``beard-compat`` torchattacks receives the DC-normalized tensor and clamps it to [0,1]
+before the model sees it, whatever the perturbation. ``FGSM-eps0`` measures that clamp alone
+(no perturbation). This script pairs, per model (method, IPC, repeat), every beard-compat
+attack's accuracy with the same model's FGSM-eps0 accuracy on the same test images.
+
+Usage (two run folders or records files over the same models and test subset)::
+
+    rome-bench run ... --threat-model beard-compat,standard --out SUITE_RUN
+    rome-bench run ... --threat-model beard-compat --attacks FGSM-eps0 --mode untargeted --out CLAMP_RUN
+    python scripts/compat_clamp_share.py SUITE_RUN CLAMP_RUN
+
+Prints a markdown table (mean over the models of each cell): clean, clamp-only, and per attack
+and mode the attacked accuracy minus the clamp-only accuracy (0 = the attack added nothing
+to the clamp), then the largest such gap per attack over all cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+
+from tabulate import tabulate
+
+from rome_bench.records import read_records
+
+ATTACK_ORDER = ["FGSM", "PGD", "PGD-L2", "CW", "DeepFool", "AutoAttack"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("suite", help="run folder or records file with the attack suite")
+    ap.add_argument("clamp", help="run folder or records file with FGSM-eps0 under beard-compat")
+    args = ap.parse_args()
+
+    def key(r) -> tuple:
+        return (r.method, r.ipc, r.repeat, r.n_images)
+
+    clamp = {key(r): r.accuracy for r in read_records([args.clamp])
+             if r.threat_model == "beard-compat" and r.attack == "FGSM-eps0"}
+    if not clamp:
+        raise SystemExit(f"error: no beard-compat FGSM-eps0 records in {args.clamp}")
+    per_cell: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    order: list[tuple] = []
+    for r in read_records([args.suite]):
+        if r.threat_model != "beard-compat" or r.setting != "white-box" or key(r) not in clamp:
+            continue
+        cell = (r.method, r.ipc)
+        if cell not in order:
+            order.append(cell)
+        if r.mode == "clean":
+            per_cell[cell]["clean"].append(r.accuracy)
+            per_cell[cell]["clamp"].append(clamp[key(r)])
+        elif r.attack in ATTACK_ORDER:
+            per_cell[cell][f"{r.attack} ({r.mode[0].upper()})"].append(r.accuracy - clamp[key(r)])
+    if not order:
+        raise SystemExit("error: no beard-compat suite records match the clamp records' models")
+    cols = [c for a in ATTACK_ORDER for c in (f"{a} (T)", f"{a} (U)")
+            if any(c in per_cell[cell] for cell in order)]
+    rows, worst = [], defaultdict(float)
+    for cell in order:
+        vals = per_cell[cell]
+        row = [cell[0], cell[1] or "full", statistics.fmean(vals["clean"]),
+               statistics.fmean(vals["clamp"])]
+        for c in cols:
+            if vals.get(c):
+                gap = statistics.fmean(vals[c])
+                worst[c] = min(worst[c], gap)
+                row.append(f"{gap:+.2f}")
+            else:
+                row.append("")
+        rows.append(row)
+    print(tabulate(rows, headers=["method", "IPC", "clean", "clamp only", *cols],
+                   tablefmt="github", floatfmt=".2f"))
+    print()
+    print("largest drop below the clamp-only accuracy: "
+          + ", ".join(f"{c} {worst[c]:+.2f}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()
