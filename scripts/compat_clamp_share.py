@@ -24,9 +24,8 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
+from rome_bench.attacks import SUITE
 from rome_bench.records import read_records
-
-ATTACK_ORDER = ["FGSM", "PGD", "PGD-L2", "CW", "DeepFool", "AutoAttack"]
 
 
 def main() -> None:
@@ -53,11 +52,11 @@ def main() -> None:
         if r.mode == "clean":
             per_cell[cell]["clean"].append(r.accuracy)
             per_cell[cell]["clamp"].append(clamp[key(r)])
-        elif r.attack in ATTACK_ORDER:
+        elif r.attack in SUITE:
             per_cell[cell][f"{r.attack} ({r.mode[0].upper()})"].append(r.accuracy - clamp[key(r)])
     if not order:
         raise SystemExit("error: no beard-compat suite records match the clamp records' models")
-    cols = [c for a in ATTACK_ORDER for c in (f"{a} (T)", f"{a} (U)")
+    cols = [c for a in SUITE for c in (f"{a} (T)", f"{a} (U)")
             if any(c in per_cell[cell] for cell in order)]
     rows, worst = [], defaultdict(float)
     for cell in order:
