@@ -13,7 +13,9 @@ Usage (two run folders or records files over the same models and test subset)::
 
 Prints a markdown table (mean over the models of each cell): clean, clamp-only, and per attack
 and mode the attacked accuracy minus the clamp-only accuracy (0 = the attack added nothing
-to the clamp), then the lowest such gap per attack over all cells.
+to the clamp), then the lowest such gap per attack over all cells, and how closely each cell's
+targeted I-RR under beard-compat follows the clamp's cost (clean minus clamp-only accuracy):
+Spearman's rank correlation over the cells.
 """
 
 from __future__ import annotations
@@ -25,7 +27,28 @@ from collections import defaultdict
 from tabulate import tabulate
 
 from rome_bench.attacks import SUITE
+from rome_bench.metrics import metric_table
 from rome_bench.records import read_records
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank."""
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation (Pearson's r of the tie-averaged ranks)."""
+    return statistics.correlation(_ranks(xs), _ranks(ys))
 
 
 def main() -> None:
@@ -43,7 +66,8 @@ def main() -> None:
         raise SystemExit(f"error: no beard-compat FGSM-eps0 records in {args.clamp}")
     per_cell: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     order: list[tuple] = []
-    for r in read_records([args.suite]):
+    suite = read_records([args.suite])
+    for r in suite:
         if r.threat_model != "beard-compat" or r.setting != "white-box" or key(r) not in clamp:
             continue
         cell = (r.method, r.ipc)
@@ -79,6 +103,16 @@ def main() -> None:
     # positive = even its best cell stayed above the clamp-only accuracy.
     print("lowest gap to the clamp-only accuracy over the cells: "
           + ", ".join(f"{c} {lowest[c]:+.2f}" for c in cols if c in lowest))
+
+    compat = [r for r in suite if r.threat_model == "beard-compat" and (r.method, r.ipc) in per_cell]
+    t_irr = {(row.key.method, row.key.ipc): row.values["I-RR"][0]
+             for row in metric_table(compat, per_ipc=True) if row.key.mode == "targeted"}
+    pairs = [(statistics.fmean(per_cell[c]["clean"]) - statistics.fmean(per_cell[c]["clamp"]), t_irr[c])
+             for c in order if t_irr.get(c) is not None]
+    if len(pairs) >= 3:
+        cost, irr = zip(*pairs)
+        print(f"targeted I-RR (beard-compat) vs clamp cost over {len(pairs)} cells: "
+              f"Spearman {spearman(list(cost), list(irr)):+.2f}")
 
 
 if __name__ == "__main__":
