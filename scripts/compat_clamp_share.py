@@ -24,6 +24,7 @@ import argparse
 import statistics
 from collections import defaultdict
 
+import pandas as pd
 from tabulate import tabulate
 
 from rome_bench.attacks import SUITE
@@ -31,24 +32,9 @@ from rome_bench.metrics import metric_table
 from rome_bench.records import read_records
 
 
-def _ranks(xs: list[float]) -> list[float]:
-    """1-based ranks, ties sharing their mean rank."""
-    order = sorted(range(len(xs)), key=xs.__getitem__)
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in order[i:j + 1]:
-            ranks[k] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman(xs: list[float], ys: list[float]) -> float:
-    """Spearman's rank correlation (Pearson's r of the tie-averaged ranks)."""
-    return statistics.correlation(_ranks(xs), _ranks(ys))
+    """Spearman's rank correlation: Pearson's r of the ranks (ties share their mean rank)."""
+    return statistics.correlation(pd.Series(xs).rank().tolist(), pd.Series(ys).rank().tolist())
 
 
 def main() -> None:
@@ -100,11 +86,12 @@ def main() -> None:
                    tablefmt="github", floatfmt=".2f"))
     print()
     # The lowest cell mean per attack: negative = the attack's largest drop below the clamp alone;
-    # positive = even its best cell stayed above the clamp-only accuracy.
+    # positive = every cell stayed above the clamp-only accuracy.
     print("lowest gap to the clamp-only accuracy over the cells: "
           + ", ".join(f"{c} {lowest[c]:+.2f}" for c in cols if c in lowest))
 
-    compat = [r for r in suite if r.threat_model == "beard-compat" and (r.method, r.ipc) in per_cell]
+    # the same models as the gaps above: only those with a clamp-only measurement
+    compat = [r for r in suite if r.threat_model == "beard-compat" and key(r) in clamp]
     t_irr = {(row.key.method, row.key.ipc): row.values["I-RR"][0]
              for row in metric_table(compat, per_ipc=True) if row.key.mode == "targeted"}
     pairs = [(statistics.fmean(per_cell[c]["clean"]) - statistics.fmean(per_cell[c]["clamp"]), t_irr[c])
