@@ -17,6 +17,12 @@ from typing import IO, Any
 
 import torch
 
+# mkstemp creates files readable by their owner only; results and caches are meant to be shared
+# like any other output, so finished files get the mode a plain open() would have given them.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(f)`` on a temporary file, then atomically move it to ``path``."""
@@ -28,6 +34,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         try:
