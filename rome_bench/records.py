@@ -104,15 +104,46 @@ def read_records(paths: list[str | Path]) -> list[Record]:
             files.append(p)
         else:
             raise RecordError(f"no records file or folder at {p}")
-    rows: list[Record] = []
+    per_file: list[list[Record]] = []
     for f in files:
+        rows_here: list[Record] = []
         for lineno, line in enumerate(f.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rows.append(Record.from_dict(json.loads(line)))
+                rows_here.append(Record.from_dict(json.loads(line)))
             except (json.JSONDecodeError, TypeError, RecordError) as exc:
                 raise RecordError(f"{f}:{lineno}: not a rome-bench record ({exc})") from exc
+        per_file.append(rows_here)
+    rows = _drop_repeated_measurements(per_file)
     if not rows:
         raise RecordError(f"no records in {', '.join(map(str, paths))}")
     return rows
+
+
+MEASUREMENT_KEY = ("method", "dataset", "ipc", "seed", "repeat", "arch", "preset", "threat_model",
+                   "setting", "source_model", "mode", "attack", "eps", "n_images")
+
+
+def _measurement_key(record: Record) -> tuple[Any, ...]:
+    return tuple(getattr(record, name) for name in MEASUREMENT_KEY)
+
+
+def _drop_repeated_measurements(per_file: list[list[Record]]) -> list[Record]:
+    """Rows of all files, a measurement found in several files counted once (its newest row).
+
+    A rerun of a cached model (say an extra attack on the same models) records the model's clean
+    accuracy again; reading both run folders, or a folder holding the other, must not count
+    that model twice. Rows within one file are kept as written.
+    """
+    newest: dict[tuple[Any, ...], tuple[str, int]] = {}
+    for index, rows in enumerate(per_file):
+        latest_here: dict[tuple[Any, ...], str] = {}
+        for r in rows:
+            key = _measurement_key(r)
+            latest_here[key] = max(latest_here.get(key, r.created), r.created)
+        for key, created in latest_here.items():
+            if key not in newest or created >= newest[key][0]:
+                newest[key] = (created, index)
+    return [r for index, rows in enumerate(per_file) for r in rows
+            if newest[_measurement_key(r)][1] == index]
