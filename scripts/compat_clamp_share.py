@@ -10,6 +10,8 @@ Usage (two run folders or records files over the same models and test subset)::
     rome-bench run ... --threat-model beard-compat,standard --out SUITE_RUN
     rome-bench run ... --threat-model beard-compat --attacks FGSM-eps0 --mode untargeted --out CLAMP_RUN
     python scripts/compat_clamp_share.py SUITE_RUN CLAMP_RUN
+    # several runs pooled (e.g. IPC 1 and IPC 10 folders): suites first, clamp runs after --clamp
+    python scripts/compat_clamp_share.py SUITE_A SUITE_B --clamp CLAMP_A CLAMP_B
 
 Prints a markdown table (mean over the models of each cell): clean, clamp-only, and per attack
 and mode the attacked accuracy minus the clamp-only accuracy (0 = the attack added nothing
@@ -29,7 +31,7 @@ from tabulate import tabulate
 
 from rome_bench.attacks import SUITE
 from rome_bench.metrics import metric_table
-from rome_bench.records import read_records
+from rome_bench.records import RecordError, read_records
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -39,20 +41,28 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite", help="run folder or records file with the attack suite")
-    ap.add_argument("clamp", help="run folder or records file with FGSM-eps0 under beard-compat")
+    ap.add_argument("suite", nargs="+",
+                    help="run folders or records files with the attack suite (without --clamp, "
+                         "the last path is the clamp run)")
+    ap.add_argument("--clamp", nargs="+", default=None,
+                    help="run folders or records files with FGSM-eps0 under beard-compat")
     args = ap.parse_args()
+    if args.clamp is None:
+        # the original two-path form: SUITE CLAMP
+        if len(args.suite) != 2:
+            ap.error("give SUITE CLAMP, or SUITE [SUITE ...] --clamp CLAMP [CLAMP ...]")
+        args.suite, args.clamp = args.suite[:1], args.suite[1:]
 
     def key(r) -> tuple:
         return (r.method, r.ipc, r.repeat, r.n_images)
 
-    clamp = {key(r): r.accuracy for r in read_records([args.clamp])
+    clamp = {key(r): r.accuracy for r in read_records(args.clamp)
              if r.threat_model == "beard-compat" and r.attack == "FGSM-eps0"}
     if not clamp:
-        raise SystemExit(f"error: no beard-compat FGSM-eps0 records in {args.clamp}")
+        raise SystemExit(f"error: no beard-compat FGSM-eps0 records in {', '.join(args.clamp)}")
     per_cell: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     order: list[tuple] = []
-    suite = read_records([args.suite])
+    suite = read_records(args.suite)
     for r in suite:
         if r.threat_model != "beard-compat" or r.setting != "white-box" or key(r) not in clamp:
             continue
@@ -103,4 +113,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RecordError as err:  # a bad path or file: one line, not a traceback
+        raise SystemExit(f"error: {err}") from None
