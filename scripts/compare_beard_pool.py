@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from rome_bench.records import read_records
+from rome_bench.records import RecordError, read_records
 
 ORDER = ["DC", "DSA", "MTT", "DM", "IDM", "BACON"]
 ATTACK_ORDER = ["clean", "FGSM", "PGD", "PGD-L2", "CW", "DeepFool", "AutoAttack"]
@@ -67,4 +67,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RecordError as err:  # a bad path or file: one line, not a traceback
+        raise SystemExit(f"error: {err}") from None
