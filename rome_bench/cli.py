@@ -108,7 +108,8 @@ def _config(**kw):
     return RunConfig(methods=kw.get("methods", []), dataset=kw.get("dataset"),
                      data_root=kw.get("data_root"), download=kw.get("download", False),
                      ipcs=parse_ipcs(kw.get("ipc")), preset=kw["preset"],
-                     repeats=kw.get("repeats"), seed=kw["seed"], arch=kw["arch"], out=kw["out"],
+                     repeats=kw.get("repeats"), first_repeat=kw.get("first_repeat", 0),
+                     seed=kw["seed"], arch=kw["arch"], out=kw["out"],
                      fresh=kw["fresh"], attacks=kw["attacks"], modes=kw["modes"],
                      threat_models=kw["threat_models"], test_subset=kw["test_subset"],
                      device=kw["device"], show_progress=not kw["quiet"],
@@ -158,6 +159,9 @@ def _finish(plan, records, alpha: float) -> None:
 @data_options
 @click.option("--ipc", default=None, metavar="1,10,50", help="Images per class (default: the preset's).")
 @click.option("--repeats", type=int, default=None, help="Models retrained per cell (default: the preset's).")
+@click.option("--first-repeat", type=int, default=0, show_default=True, metavar="K",
+              help="Skip models 0..K-1 of each cell, e.g. to train a cell's models in separate "
+                   "processes or machines (seeds and records keep the model index).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @click.option("--jobs", default="auto", show_default=True, envvar="ROME_BENCH_JOBS",
               metavar="auto|N",
@@ -175,6 +179,7 @@ def run(method: str, dry_run: bool, alpha: float, **kw) -> None:
           --threat-model standard,beard-compat
       rome-bench run --method file:dc_cifar10_ipc10.pt#0 --attacks none
       rome-bench run --method dm,idm --jobs 1      # one process (e.g. to profile)
+      rome-bench run --method full --repeats 3 --first-repeat 2   # only model #2
     """
     from rome_bench import pipeline
 

@@ -61,6 +61,8 @@ class RunConfig:
     ipcs: list[int] | None = None
     preset: str = DEFAULT_PRESET
     repeats: int | None = None
+    # models 0..first_repeat-1 of every cell are skipped (measured by another process or machine)
+    first_repeat: int = 0
     seed: int = 0
     arch: str = "convnet"
     out: str | None = None
@@ -109,6 +111,12 @@ class Plan:
     # the run uses them, so editing a file while a long run is going on cannot make a later
     # stage (a worker, the figures) look for the run's own results under another key
     code_versions: dict[str, str] = field(default_factory=dict)
+    first_repeat: int = 0
+
+    @property
+    def repeat_indices(self) -> range:
+        """The model indices this run trains and measures in every cell (seeds follow them)."""
+        return range(self.first_repeat, self.repeats)
 
     def code_of(self, name: str, obj: Any) -> str:
         """The hash of ``obj``'s code taken when the run was planned (computed now if absent)."""
@@ -122,7 +130,7 @@ class Plan:
                  f"  scaled     {self.preset.scaled}",
                  f"  dataset    {self.dataset.name}" + (f" from {self.config.data_root}"
                                                         if self.config.data_root else ""),
-                 f"  arch       {self.config.arch}, {self.repeats} model(s) per cell, seed "
+                 f"  arch       {self.config.arch}, {self._models_text()}, seed "
                  f"{self.config.seed}, device {self.device}, {self.jobs} worker(s)",
                  f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
                  f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
@@ -139,6 +147,13 @@ class Plan:
             lines.append(f"    {c.label or c.method:<14} {ipc:<16} retrain {epochs} epochs"
                          + (f" | {budget}" if budget else ""))
         return "\n".join(lines)
+
+    def _models_text(self) -> str:
+        if self.first_repeat == 0:
+            return f"{self.repeats} model(s) per cell"
+        last = self.repeats - 1
+        which = (f"#{last}" if self.first_repeat == last else f"#{self.first_repeat}-#{last}")
+        return f"models {which} of {self.repeats} per cell"
 
 
 def parse_ipcs(text: str | None) -> list[int] | None:
@@ -198,6 +213,9 @@ def plan_run(config: RunConfig) -> Plan:
     repeats = config.repeats if config.repeats is not None else preset.repeats
     if repeats <= 0:
         raise PlanError("--repeats must be positive")
+    if not 0 <= config.first_repeat < repeats:
+        raise PlanError(f"--first-repeat must be in 0..{repeats - 1} (the cell has {repeats} "
+                        f"model(s)), got {config.first_repeat}")
     cells: list[Cell] = []
     for name, params, label in expand_methods(config.methods):
         entry = METHODS.entry(name)
@@ -224,7 +242,8 @@ def plan_run(config: RunConfig) -> Plan:
     out = Path(config.out) if config.out else Path("results") / "runs" / run_id
     jobs = resolve_jobs(config.jobs, device, len(cells))
     return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
-                device, out, run_id, jobs, settings, code_versions_for(cells))
+                device, out, run_id, jobs, settings, code_versions_for(cells),
+                config.first_repeat)
 
 
 def code_versions_for(cells: list[Cell]) -> dict[str, str]:
@@ -454,7 +473,7 @@ class CellOutcome:
 
 def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cache,
              log: Callable[[str], None], store: RecordStore | None = None) -> CellOutcome:
-    """Distill (or load) one cell, retrain ``plan.repeats`` models, attack each.
+    """Distill (or load) one cell, retrain its models (``plan.repeat_indices``), attack each.
 
     With ``store``, each model's records are appended as soon as they exist.
     """
@@ -464,7 +483,7 @@ def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cac
     seconds["distill"] = time.perf_counter() - start
     ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
     records: list[Record] = []
-    for repeat in range(plan.repeats):
+    for repeat in plan.repeat_indices:
         start = time.perf_counter()
         model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache, log)
         seconds["retrain"] += time.perf_counter() - start
@@ -529,8 +548,8 @@ def _cell_models(plan: Plan, train: ImageSet, echo: Callable[[str], None], with_
             continue
         distilled, dkey = distill(cell, train, plan, cache, echo)
         ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
-        models = [retrain(distilled, dkey, cell, repeat, plan, cache)
-                  for repeat in range(plan.repeats)] if with_models else []
+        models = [(repeat, *retrain(distilled, dkey, cell, repeat, plan, cache))
+                  for repeat in plan.repeat_indices] if with_models else []
         yield cell, ipc, distilled, models
 
 
@@ -541,7 +560,7 @@ def _transfer_after_cells(plan: Plan, train: ImageSet, test: ImageSet, store: Re
         return []
     models = [blackbox.TransferModel(cell.label or cell.method, key, model, ipc, repeat)
               for cell, ipc, _, trained in _cell_models(plan, train, echo, with_models=True)
-              for repeat, (model, key) in enumerate(trained)]
+              for repeat, model, key in trained]
     recs = blackbox.run_transfer(plan, Cache(), test.images, test.labels, models)
     store.append(recs)
     return recs

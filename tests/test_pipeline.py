@@ -284,3 +284,28 @@ def test_code_hashes_are_taken_once_per_run(tmp_path, monkeypatch):
     sets = list((Path(os.environ["ROME_BENCH_CACHE"]) / "distilled").glob("*.pt"))
     assert len(sets) == 2  # one per IPC: the figures found them instead of distilling again
     assert plan.code_versions["method:random"].startswith("edited-")
+
+
+def test_first_repeat_trains_only_the_later_models_with_their_own_seeds(tmp_path, monkeypatch):
+    whole_cfg = config(tmp_path, methods=["random"], ipcs=[1], attacks="FGSM", repeats=3,
+                       out=str(tmp_path / "whole"))
+    _, whole = pipeline.run(whole_cfg, echo=lambda s: None)
+    # a separate cache: model #2 must be trained again here, not read back
+    monkeypatch.setenv("ROME_BENCH_CACHE", str(tmp_path / "other-cache"))
+    split_cfg = config(tmp_path, methods=["random"], ipcs=[1], attacks="FGSM", repeats=3,
+                       first_repeat=2, out=str(tmp_path / "split"))
+    plan, split = pipeline.run(split_cfg, echo=lambda s: None)
+    assert "models #2 of 3 per cell" in plan.describe()
+    assert {r.repeat for r in whole} == {0, 1, 2} and {r.repeat for r in split} == {2}
+    same = {(r.attack, r.mode): r.accuracy for r in whole if r.repeat == 2}
+    assert {(r.attack, r.mode): r.accuracy for r in split} == same
+    assert len(list((tmp_path / "other-cache" / "models").glob("*.pt"))) == 1
+
+
+def test_first_repeat_outside_the_cell_is_a_one_line_error(tmp_path):
+    res = CliRunner().invoke(main, ["run", "--method", "random", "--preset", "unit", "--repeats",
+                                    "2", "--first-repeat", "2", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0
+    assert res.stderr.strip() == ("rome-bench: error: --first-repeat must be in 0..1 (the cell "
+                                  "has 2 model(s)), got 2")
+    assert not (tmp_path / "r").exists()
