@@ -221,6 +221,11 @@ def _render_table1(rows: list[Table1Row], fmt: str, group: TableGroup,
             "targeted mode), U = untargeted (all attacks). Metrics pooled over the IPCs shown "
             "(flattened over attacks x IPCs); "
             "bold = best, underlined = second.")
+    pooled = sorted({tuple(i for i in r.ipcs if i != 0) for r in rows} - {()})
+    if len(pooled) > 1:
+        # e.g. a method run at IPC 1 only beside methods pooled over IPC 1 and 10
+        note += (" Rows pool different IPC sets (" + "; ".join(",".join(map(str, p)) for p in pooled)
+                 + "): the marks compare them anyway; --per-ipc gives like-for-like rows.")
     return render_table("Robustness (Table 1 layout)", group.title, body, headers, note, fmt)
 
 

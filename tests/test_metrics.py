@@ -88,3 +88,15 @@ def test_per_ipc_rows():
     rows = metric_table(RECORDS, per_ipc=True)
     ipcs = sorted({r.key.ipc for r in rows})
     assert ipcs == [1, 10]
+
+
+def test_table_says_when_rows_pool_different_ipc_sets():
+    from rome_bench.report import format_table1
+
+    only_one = [rec(r.ipc, r.mode, r.attack, r.accuracy, r.seconds, method="N")
+                for r in RECORDS if r.ipc == 1]
+    mixed = format_table1(RECORDS + only_one)
+    assert "Rows pool different IPC sets (1; 1,10)" in mixed
+    alike = format_table1(RECORDS + [rec(r.ipc, r.mode, r.attack, r.accuracy, r.seconds,
+                                         method="N") for r in RECORDS])
+    assert "different IPC sets" not in alike and "bold = best" in alike
