@@ -111,12 +111,11 @@ class Plan:
     # the run uses them, so editing a file while a long run is going on cannot make a later
     # stage (a worker, the figures) look for the run's own results under another key
     code_versions: dict[str, str] = field(default_factory=dict)
-    first_repeat: int = 0
 
     @property
     def repeat_indices(self) -> range:
         """The model indices this run trains and measures in every cell (seeds follow them)."""
-        return range(self.first_repeat, self.repeats)
+        return range(self.config.first_repeat, self.repeats)
 
     def code_of(self, name: str, obj: Any) -> str:
         """The hash of ``obj``'s code taken when the run was planned (computed now if absent)."""
@@ -149,10 +148,10 @@ class Plan:
         return "\n".join(lines)
 
     def _models_text(self) -> str:
-        if self.first_repeat == 0:
+        first, last = self.config.first_repeat, self.repeats - 1
+        if first == 0:
             return f"{self.repeats} model(s) per cell"
-        last = self.repeats - 1
-        which = (f"#{last}" if self.first_repeat == last else f"#{self.first_repeat}-#{last}")
+        which = f"#{last}" if first == last else f"#{first}-#{last}"
         return f"models {which} of {self.repeats} per cell"
 
 
@@ -242,8 +241,7 @@ def plan_run(config: RunConfig) -> Plan:
     out = Path(config.out) if config.out else Path("results") / "runs" / run_id
     jobs = resolve_jobs(config.jobs, device, len(cells))
     return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
-                device, out, run_id, jobs, settings, code_versions_for(cells),
-                config.first_repeat)
+                device, out, run_id, jobs, settings, code_versions_for(cells))
 
 
 def code_versions_for(cells: list[Cell]) -> dict[str, str]:
