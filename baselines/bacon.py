@@ -26,11 +26,12 @@ images per stored image), with ``meta["factorized"]`` and ``meta["stored_images"
 from __future__ import annotations
 
 import torch
+from rome_bench.baselines.idm import BUDGETS as IDM_BUDGETS
 
-from baselines.idm import BUDGETS as IDM_BUDGETS
 from rome_bench import DistilledSet, register_method
-from rome_bench.data import ImageSet
-from rome_bench.distribution_matching import (
+from rome_bench.data.datasets import ImageSet
+from rome_bench.methods.contract import MethodConfig
+from rome_bench.methods.distribution_matching import (
     ClassTerms,
     QueueMatchingConfig,
     gaussian_nll,
@@ -38,7 +39,6 @@ from rome_bench.distribution_matching import (
     total_variation,
     weighted_ce,
 )
-from rome_bench.methods import MethodConfig
 
 TV_WEIGHT = 0.8  # the reference's weight of the total-variation term
 
@@ -53,7 +53,8 @@ def bacon_class_loss(terms: ClassTerms, s: QueueMatchingConfig) -> torch.Tensor:
             + weighted_ce(terms, s.ce_weight))
 
 
-@register_method("bacon", description="BACON: Bayesian optimal condensation on IDM's loop "
+@register_method("bacon", display="BACON", order=7,
+                 description="BACON: Bayesian optimal condensation on IDM's loop "
                  "(Zhou et al., 2024)", budgets=BUDGETS, retrain_augment=True)
 def bacon(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     return queue_matching(train, ipc, cfg, bacon_class_loss, desc=f"bacon ipc{ipc}")

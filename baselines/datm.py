@@ -52,8 +52,7 @@ import math
 from typing import Any
 
 import torch
-
-from baselines.mtt import (
+from rome_bench.baselines.mtt import (
     ExpertSampler,
     Trajectories,
     load_trajectories,
@@ -64,10 +63,11 @@ from baselines.mtt import (
     set_momentum_state,
     unrolled_student,
 )
+
 from rome_bench import DistilledSet, register_method
-from rome_bench.data import ImageSet
-from rome_bench.experts import functional_forward
-from rome_bench.methods import MethodConfig
+from rome_bench.data.datasets import ImageSet
+from rome_bench.methods.contract import MethodConfig
+from rome_bench.methods.experts import functional_forward
 
 BUDGETS = {
     "paper": {
@@ -208,7 +208,8 @@ def init_soft_labels(traj: Trajectories, images: torch.Tensor, labels: torch.Ten
     return torch.where(count > 0, mean_ok, plain / len(experts))
 
 
-@register_method("datm", description="DATM, difficulty-aligned trajectory matching with soft "
+@register_method("datm", display="DATM", order=8,
+                 description="DATM, difficulty-aligned trajectory matching with soft "
                  "labels (Guo et al. 2024)", budgets=BUDGETS, retrain_augment=True)
 def datm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     params = paper_params(cfg, ipc, CIFAR100_PAPER)

@@ -10,9 +10,9 @@ Output: (ipc * classes, C, H, W) images in [0,1], class-contiguous hard labels.
 from __future__ import annotations
 
 from rome_bench import DistilledSet, register_method
-from rome_bench.data import ImageSet
-from rome_bench.gradient_matching import LOOPS, distill_gradient_matching
-from rome_bench.methods import MethodConfig
+from rome_bench.data.datasets import ImageSet
+from rome_bench.methods.contract import MethodConfig
+from rome_bench.methods.gradient_matching import LOOPS, distill_gradient_matching
 
 _PAPER_LOOPS = {ipc: {"outer_loop": o, "inner_loop": i} for ipc, (o, i) in LOOPS.items()}
 
@@ -44,7 +44,8 @@ BUDGETS = {
 }
 
 
-@register_method("dc", description="DC: gradient matching (Zhao et al., ICLR 2021)",
+@register_method("dc", display="DC", order=2,
+                 description="DC: gradient matching (Zhao et al., ICLR 2021)",
                  budgets=BUDGETS, retrain_augment=False)
 def dc(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     return distill_gradient_matching(train, ipc, cfg, use_dsa=False)

@@ -21,8 +21,9 @@ import time
 import torch
 
 from rome_bench import DistilledSet, register_method
-from rome_bench.data import ImageSet, class_balanced_indices
-from rome_bench.distribution_matching import (
+from rome_bench.data.datasets import ImageSet, class_balanced_indices
+from rome_bench.methods.contract import MethodConfig
+from rome_bench.methods.distribution_matching import (
     Normalizer,
     RealSampler,
     class_slices,
@@ -31,9 +32,8 @@ from rome_bench.distribution_matching import (
     image_step,
     indexed_batches,
 )
-from rome_bench.methods import MethodConfig
-from rome_bench.models import build_model
-from rome_bench.network_queue import draw_seed, seeded
+from rome_bench.methods.network_queue import draw_seed, seeded
+from rome_bench.models.convnet import build_model
 
 # paper: main_DM.py defaults and the README command (lr_img 1 for CIFAR-10 IPC 1/10/50).
 # cpu/quick scale the number of iterations and the real batch per class (the cost of one
@@ -52,7 +52,8 @@ BUDGETS = {
 }
 
 
-@register_method("dm", description="DM: distribution matching of mean embeddings under random "
+@register_method("dm", display="DM", order=5,
+                 description="DM: distribution matching of mean embeddings under random "
                  "ConvNets (Zhao & Bilen, WACV 2023)", budgets=BUDGETS, retrain_augment=True)
 def dm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     p = cfg.params

@@ -10,18 +10,20 @@ Output: (ipc * classes, C, H, W) images in [0,1], class-contiguous hard labels.
 
 from __future__ import annotations
 
-from baselines.dc import BUDGETS as DC_BUDGETS
+from rome_bench.baselines.dc import BUDGETS as DC_BUDGETS
+
 from rome_bench import DistilledSet, register_method
-from rome_bench.data import ImageSet
-from rome_bench.gradient_matching import distill_gradient_matching
-from rome_bench.methods import MethodConfig
+from rome_bench.data.datasets import ImageSet
+from rome_bench.methods.contract import MethodConfig
+from rome_bench.methods.gradient_matching import distill_gradient_matching
 
 # The reference runs DSA with DC's budget (main.py --method DSA --init real): paper, cpu and
 # quick entries are DC's (see baselines/dc.py for what cpu/quick scale).
 BUDGETS = {preset: {k: dict(v) for k, v in table.items()} for preset, table in DC_BUDGETS.items()}
 
 
-@register_method("dsa", description="DSA: gradient matching with siamese augmentation "
+@register_method("dsa", display="DSA", order=3,
+                 description="DSA: gradient matching with siamese augmentation "
                                     "(Zhao & Bilen, ICML 2021)",
                  budgets=BUDGETS, retrain_augment=True)
 def dsa(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:

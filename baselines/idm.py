@@ -25,15 +25,15 @@ from __future__ import annotations
 import torch
 
 from rome_bench import DistilledSet, register_method
-from rome_bench.data import ImageSet
-from rome_bench.distribution_matching import (
+from rome_bench.data.datasets import ImageSet
+from rome_bench.methods.contract import MethodConfig
+from rome_bench.methods.distribution_matching import (
     ClassTerms,
     QueueMatchingConfig,
     mean_embedding_loss,
     queue_matching,
     weighted_ce,
 )
-from rome_bench.methods import MethodConfig
 
 # paper: command.txt (CIFAR-10): ce_weight 0.5/0.5/0.1; IPC 1 uses batch_real 5000 (the whole
 # class) and a new net every 5 iterations; eval_interval (the meter reset) 100/100/500; the
@@ -76,7 +76,8 @@ def idm_class_loss(terms: ClassTerms, s: QueueMatchingConfig) -> torch.Tensor:
     return mean_embedding_loss(terms.real, terms.syn) + weighted_ce(terms, s.ce_weight)
 
 
-@register_method("idm", description="IDM: distribution matching with a queue of trained nets, "
+@register_method("idm", display="IDM", order=6,
+                 description="IDM: distribution matching with a queue of trained nets, "
                  "factorized images and class-aware CE (Zhao et al., CVPR 2023)",
                  budgets=BUDGETS, retrain_augment=True)
 def idm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:

@@ -56,10 +56,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench import DistilledSet, register_method
-from rome_bench.augment import DSA
-from rome_bench.cache import Cache
-from rome_bench.data import DatasetSpec, ImageSet, class_balanced_indices
-from rome_bench.experts import (
+from rome_bench.core.cache import Cache
+from rome_bench.data.augment import DSA
+from rome_bench.data.datasets import DatasetSpec, ImageSet, class_balanced_indices
+from rome_bench.methods.contract import MethodConfig
+from rome_bench.methods.experts import (
     ExpertSettings,
     buffer_key,
     build_expert_net,
@@ -69,9 +70,8 @@ from rome_bench.experts import (
     get_whitening,
     to_network_space,
 )
-from rome_bench.methods import MethodConfig
-from rome_bench.models import LinearTransform
-from rome_bench.zca import unwhiten
+from rome_bench.methods.zca import unwhiten
+from rome_bench.models.convnet import LinearTransform
 
 BUDGETS = {
     "paper": {
@@ -277,7 +277,8 @@ def real_init(train: ImageSet, ipc: int, seed: int) -> torch.Tensor:
     return idx[torch.argsort(train.labels[idx], stable=True)]
 
 
-@register_method("mtt", description="MTT, matching training trajectories (Cazenavette et al. 2022)",
+@register_method("mtt", display="MTT", order=4,
+                 description="MTT, matching training trajectories (Cazenavette et al. 2022)",
                  budgets=BUDGETS, retrain_augment=True)
 def mtt(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     params = paper_params(cfg, ipc, CIFAR100_PAPER)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 
 from rome_bench import DistilledSet, register_method
-from rome_bench.data import ImageSet, class_balanced_indices
-from rome_bench.methods import MethodConfig
+from rome_bench.data.datasets import ImageSet, class_balanced_indices
+from rome_bench.methods.contract import MethodConfig
 
 
-@register_method("random", "real", description="random real images per class (sanity baseline)")
+@register_method("random", "real", display="Random", order=1,
+                 description="random real images per class (sanity baseline)")
 def random_real(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     idx = class_balanced_indices(train.labels, ipc, train.num_classes, seed=cfg.seed)
     # class-contiguous order, like every distilled set

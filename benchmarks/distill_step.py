@@ -41,13 +41,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rome_bench.baselines.bacon import bacon_class_loss
+from rome_bench.baselines.idm import idm_class_loss
 from torch.utils.data import DataLoader, TensorDataset
 
-from baselines.bacon import bacon_class_loss
-from baselines.idm import idm_class_loss
-from rome_bench.augment import DSA
-from rome_bench.data import DATASETS, DatasetSpec, ImageSet, load_dataset
-from rome_bench.distribution_matching import (
+from rome_bench.data.augment import DSA
+from rome_bench.data.datasets import DATASETS, DatasetSpec, ImageSet, load_dataset
+from rome_bench.methods.contract import METHODS, MethodConfig, resolve_budget
+from rome_bench.methods.distribution_matching import (
     ClassTerms,
     QueueMatchingConfig,
     class_slices,
@@ -55,16 +56,15 @@ from rome_bench.distribution_matching import (
     embed_in_passes,
     embed_per_class,
 )
-from rome_bench.factorized import expand
-from rome_bench.gradient_matching import (
+from rome_bench.methods.factorized import expand
+from rome_bench.methods.gradient_matching import (
     distill_gradient_matching,
     get_loops,
     gradient_matching_loss,
     init_synthetic,
 )
-from rome_bench.methods import METHODS, MethodConfig, resolve_budget
-from rome_bench.models import build_model
-from rome_bench.network_queue import QueuedNet
+from rome_bench.methods.network_queue import QueuedNet
+from rome_bench.models.convnet import build_model
 
 
 @dataclass

@@ -17,9 +17,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD, class_balanced_indices, load_dataset
-from rome_bench.models import build_model
-from rome_bench.train import TrainConfig, train_model
+from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD, class_balanced_indices, load_dataset
+from rome_bench.models.convnet import build_model
+from rome_bench.models.training import TrainConfig, train_model
 
 
 def bare_loop(model, images, labels, epochs, seed):

@@ -45,11 +45,11 @@ def _current_rss_gib() -> float:
 def measure(method: str, preset: str, ipc: int, device: str) -> dict:
     """One iteration in this process; returns sizes and timings."""
     import torch
+    from rome_bench.baselines.mtt import Trajectories, matching_loss, unrolled_student
 
-    from baselines.mtt import Trajectories, matching_loss, unrolled_student
-    from rome_bench.data import DATASETS
-    from rome_bench.experts import ExpertSettings, build_expert_net, flatten_params
-    from rome_bench.methods import METHODS, resolve_budget
+    from rome_bench.data.datasets import DATASETS
+    from rome_bench.methods.contract import METHODS, resolve_budget
+    from rome_bench.methods.experts import ExpertSettings, build_expert_net, flatten_params
 
     params = resolve_budget(METHODS.entry(method).meta["budgets"], preset, ipc)
     spec = DATASETS.get("cifar10-mini" if preset == "quick" else "cifar10")
@@ -68,7 +68,7 @@ def measure(method: str, preset: str, ipc: int, device: str) -> dict:
         extra = []
     syn_lr = torch.tensor(float(params["lr_teacher"]), device=device, requires_grad=True)
     opts = [torch.optim.SGD([t], lr=1.0, momentum=0.5) for t in [images, syn_lr, *extra]]
-    from rome_bench.augment import DSA
+    from rome_bench.data.augment import DSA
 
     traj = Trajectories([], settings, net, None, DSA(spec.mean, spec.std),
                         torch.tensor(spec.mean).view(1, -1, 1, 1),

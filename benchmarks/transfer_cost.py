@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from rome_bench.attacks import ATTACKS
-from rome_bench.blackbox import TransferModel, transfer_study
-from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset, take_test_subset
-from rome_bench.models import load_dc_checkpoint
-from rome_bench.presets import PRESETS
+from rome_bench.attacks.blackbox import TransferModel, transfer_study
+from rome_bench.attacks.suite import ATTACKS
+from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD, load_dataset, take_test_subset
+from rome_bench.models.convnet import load_dc_checkpoint
+from rome_bench.pipeline.presets import PRESETS
 
 POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beard_model_pool"
 

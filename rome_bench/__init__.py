@@ -10,17 +10,16 @@ Public API::
         return DistilledSet(images=..., labels=...)
 """
 
-__version__ = "0.1.0"
-
-import os  # noqa: E402
+import os
 
 # OpenMP threads that spin while waiting slow every CPU job ~3x on a busy 2-core machine
 # (measured on DM's quick distillation); users can still override this before importing.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from rome_bench.distilled import DistilledSet  # noqa: E402
-from rome_bench.methods import METHODS, MethodConfig, register_method  # noqa: E402
-from rome_bench.registry import Registry, RomeBenchError  # noqa: E402
+from rome_bench.core.registry import Registry, RomeBenchError  # noqa: E402
+from rome_bench.core.version import __version__  # noqa: E402
+from rome_bench.data.distilled import DistilledSet  # noqa: E402
+from rome_bench.methods.contract import METHODS, MethodConfig, register_method  # noqa: E402
 
 __all__ = ["DistilledSet", "METHODS", "MethodConfig", "Registry", "RomeBenchError",
            "__version__", "register_method"]

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from rome_bench.registry import RomeBenchError
+from rome_bench.core.registry import RomeBenchError
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -103,7 +103,7 @@ def eval_options(f):
 
 
 def _config(**kw):
-    from rome_bench.pipeline import RunConfig, parse_ipcs
+    from rome_bench.pipeline.config import RunConfig, parse_ipcs
 
     return RunConfig(methods=kw.get("methods", []), dataset=kw.get("dataset"),
                      data_root=kw.get("data_root"), download=kw.get("download", False),
@@ -130,23 +130,15 @@ def parse_jobs(text: str | None) -> int | None:
 
 
 def _finish(plan, records, alpha: float) -> None:
-    from rome_bench import report
+    from rome_bench.reporting.tables import format_tables, tables_for, write_tables
 
     if not records:
         click.echo("no records were produced")
         return
     if alpha != 0.5:  # the run wrote its tables with the default; rewrite with the chosen alpha
-        report.write_tables(records, plan.out, alpha)
+        write_tables(records, plan.out, alpha)
     click.echo("")
-    if report.has_attacks(records):
-        click.echo(report.format_table1(records, "markdown", alpha))
-        click.echo("")
-    from rome_bench import table2
-
-    if table2.has_blackbox(records):
-        click.echo(table2.format_table2(records, "markdown", alpha))
-        click.echo("")
-    click.echo(report.format_accuracy(records, "markdown"))
+    click.echo(format_tables(records, tables_for(records), "markdown", alpha))
     click.echo(f"\nrecords: {plan.out / 'records.jsonl'}")
     click.echo(f"tables:  {plan.out}/tables.md (+ CSV and LaTeX files)")
 
@@ -181,7 +173,7 @@ def run(method: str, dry_run: bool, alpha: float, **kw) -> None:
       rome-bench run --method dm,idm --jobs 1      # one process (e.g. to profile)
       rome-bench run --method full --repeats 3 --first-repeat 2   # only model #2
     """
-    from rome_bench import pipeline
+    from rome_bench.pipeline import runner as pipeline
 
     config = _config(methods=method.split(","), **kw)
     if dry_run:
@@ -213,7 +205,7 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
       rome-bench evaluate --checkpoint DC=DC.pth --checkpoint DM=DM.pth --dataset cifar10 \\
           --data-root ../shared/data/cifar10 --setting transfer,query
     """
-    from rome_bench import pipeline
+    from rome_bench.pipeline import runner as pipeline
 
     if bool(distilled) == bool(checkpoints):
         raise click.UsageError("give either --distilled PATH ... or --checkpoint NAME=PATH ...")
@@ -258,29 +250,12 @@ def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
       rome-bench table results/runs/RUN --per-ipc
       rome-bench table results/runs/RUN --kind blackbox --reference paper
     """
-    from rome_bench import report
-    from rome_bench.records import read_records
+    from rome_bench.core.records import read_records
+    from rome_bench.reporting.tables import format_tables, tables_for
 
     rows = read_records(list(records))
-    if kind == "blackbox":
-        from rome_bench import table2
-
-        click.echo(table2.format_table2(rows, fmt, alpha, reference, threat_model, preset))
-    elif kind == "robustness" and not report.has_attacks(rows) and _has_blackbox(rows):
-        from rome_bench import table2  # black-box records only: their table is Table 2
-
-        click.echo(table2.format_table2(rows, fmt, alpha, reference, threat_model, preset))
-    elif kind == "accuracy" or not report.has_attacks(rows):
-        click.echo(report.format_accuracy(rows, fmt, threat_model, preset))
-    else:
-        click.echo(report.format_table1(rows, fmt, alpha, reference, threat_model, preset,
-                                        per_ipc))
-
-
-def _has_blackbox(rows) -> bool:
-    from rome_bench import table2
-
-    return table2.has_blackbox(rows)
+    click.echo(format_tables(rows, tables_for(rows, kind), fmt, alpha, reference, threat_model,
+                             preset, per_ipc))
 
 
 # -- plot ----------------------------------------------------------------------------------
@@ -306,9 +281,10 @@ def plot(records: tuple[str, ...], out: str | None, distilled: tuple[str, ...], 
     """
     from pathlib import Path
 
-    from rome_bench import plots
-    from rome_bench.distilled import DistilledSet
-    from rome_bench.records import read_records
+    from rome_bench.core.records import read_records
+    from rome_bench.data.distilled import DistilledSet
+    from rome_bench.pipeline.runner import find_distilled, image_grids
+    from rome_bench.reporting.figures import write_figures
 
     rows = read_records(list(records))
     first = Path(records[0])
@@ -316,10 +292,10 @@ def plot(records: tuple[str, ...], out: str | None, distilled: tuple[str, ...], 
     sets = {}
     for r in records:
         if Path(r).is_dir():
-            sets.update(plots.find_distilled(Path(r)))
+            sets.update(find_distilled(Path(r)))
     for d in distilled:
         sets[Path(d).stem] = DistilledSet.load(d)
-    plots.write_figures(rows, folder, distilled=sets, alpha=alpha, echo=click.echo)
+    write_figures(rows, folder, distilled=image_grids(sets), alpha=alpha, echo=click.echo)
 
 
 # -- import-beard ------------------------------------------------------------------------
@@ -333,8 +309,8 @@ def import_beard(logs: tuple[str, ...], out: str) -> None:
     Example:
       rome-bench import-beard logs/*.txt --out beard.jsonl && rome-bench table beard.jsonl
     """
-    from rome_bench.beard import parse_beard_logs
-    from rome_bench.storage import atomic_write_text
+    from rome_bench.core.storage import atomic_write_text
+    from rome_bench.reporting.beard import parse_beard_logs
 
     recs = parse_beard_logs(list(logs))
     atomic_write_text(out, "".join(r.to_json() + "\n" for r in recs))
@@ -368,10 +344,10 @@ def experts(dataset: str | None, data_root: str | None, download: bool, num_expe
           --preset paper --num-experts 5 --epochs 50 --device cuda
     """
     try:
-        from rome_bench.experts import generate_experts
+        from rome_bench.methods.experts import generate_experts
     except ModuleNotFoundError as exc:
         raise NotImplementedError("expert buffers are not implemented yet: see issue #5") from exc
-    from rome_bench.presets import PRESETS
+    from rome_bench.pipeline.presets import PRESETS
 
     name = dataset or PRESETS.get(preset).dataset
     trajectories = generate_experts(name, data_root, num_experts, epochs, preset, seed, device,
@@ -394,11 +370,10 @@ def list_(what: str) -> None:
     """
     from tabulate import tabulate
 
-    from rome_bench.attacks import ATTACKS
-    from rome_bench.data import DATASETS
-    from rome_bench.methods import METHODS
-    from rome_bench.models import ARCHS
-    from rome_bench.presets import PRESETS
+    from rome_bench.core.catalog import ATTACKS, METHODS
+    from rome_bench.data.datasets import DATASETS
+    from rome_bench.models.convnet import ARCHS
+    from rome_bench.pipeline.presets import PRESETS
 
     if what == "methods":
         rows = []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from rome_bench.records import RecordError, read_records
+from rome_bench.core.records import RecordError, read_records
 
 ORDER = ["DC", "DSA", "MTT", "DM", "IDM", "BACON"]
 ATTACK_ORDER = ["clean", "FGSM", "PGD", "PGD-L2", "CW", "DeepFool", "AutoAttack"]

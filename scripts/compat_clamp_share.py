@@ -29,9 +29,9 @@ from collections import defaultdict
 import pandas as pd
 from tabulate import tabulate
 
-from rome_bench.attacks import SUITE
-from rome_bench.metrics import metric_table
-from rome_bench.records import RecordError, read_records
+from rome_bench.attacks.suite import SUITE
+from rome_bench.core.records import RecordError, read_records
+from rome_bench.reporting.metrics import metric_table
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:

@@ -53,7 +53,7 @@ def tiny_images():
 
 def register_unit_preset() -> None:
     """A tiny preset for pipeline tests (3 epochs, 20 test images): exercises every stage fast."""
-    from rome_bench.presets import PRESETS, Preset
+    from rome_bench.pipeline.presets import PRESETS, Preset
 
     if "unit" in PRESETS:
         return

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rome_bench.attacks import (
+from rome_bench.attacks.suite import (
     ATTACKS,
     AttackError,
     attack_view,
@@ -12,9 +12,9 @@ from rome_bench.attacks import (
     parse_threat_models,
     run_attack,
 )
-from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset, take_test_subset
-from rome_bench.models import build_model, load_dc_checkpoint
-from rome_bench.registry import UnknownNameError
+from rome_bench.core.registry import UnknownNameError
+from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD, load_dataset, take_test_subset
+from rome_bench.models.convnet import build_model, load_dc_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rome_bench.augment import DSA, DSAConfig
+from rome_bench.data.augment import DSA, DSAConfig
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 

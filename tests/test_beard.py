@@ -2,10 +2,10 @@ import pytest
 from click.testing import CliRunner
 from test_metrics import RECORDS
 
-from rome_bench.beard import BeardLogError, parse_beard_logs
 from rome_bench.cli import main
-from rome_bench.metrics import metrics_for
-from rome_bench.records import read_records
+from rome_bench.core.records import read_records
+from rome_bench.reporting.beard import BeardLogError, parse_beard_logs
+from rome_bench.reporting.metrics import metrics_for
 
 TAIL = "dataset: CIFAR10, IPC: {ipc}, DSA:True, num_eval: 0, aug:False , model: ConvNet"
 

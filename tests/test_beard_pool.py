@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from rome_bench import pipeline
+from rome_bench.pipeline import runner as pipeline
 
 
 def manifest_accuracies(pool_dir):

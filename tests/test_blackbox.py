@@ -3,15 +3,16 @@
 import pytest
 import torch
 
-from rome_bench import blackbox, pipeline
-from rome_bench.attacks import ATTACKS, TargetedSPSA, run_attack
-from rome_bench.blackbox import SettingError, TransferModel, parse_settings, transfer_study
-from rome_bench.cache import Cache
-from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset, take_test_subset
-from rome_bench.models import load_dc_checkpoint
-from rome_bench.plots import transfer_matrix
-from rome_bench.presets import PRESETS, Preset
-from rome_bench.records import Record
+from rome_bench.attacks import blackbox
+from rome_bench.attacks.blackbox import SettingError, TransferModel, parse_settings, transfer_study
+from rome_bench.attacks.suite import ATTACKS, TargetedSPSA, run_attack
+from rome_bench.core.cache import Cache
+from rome_bench.core.records import Record
+from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD, load_dataset, take_test_subset
+from rome_bench.models.convnet import load_dc_checkpoint
+from rome_bench.pipeline import runner as pipeline
+from rome_bench.pipeline.presets import PRESETS, Preset
+from rome_bench.reporting.figures import transfer_matrix
 
 POOL_METHODS = ("DC", "DM", "MTT")
 
@@ -141,7 +142,7 @@ def test_evaluate_checkpoints_transfer_and_query(tmp_path, pool_dir, cifar10_roo
 
 
 def test_beard_compat_victim_with_other_normalization_gets_pixels(pool_models, real_images):
-    from rome_bench.models import build_model
+    from rome_bench.models.convnet import build_model
 
     x, y = real_images
     a = pool_models[0].model

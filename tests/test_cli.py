@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from rome_bench.cli import main
-from rome_bench.methods import not_implemented_method
+from rome_bench.methods.contract import not_implemented_method
 
 not_implemented_method("zz-planned", 99, "a placeholder for this test")
 

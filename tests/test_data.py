@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import write_cifar_batch
 
-from rome_bench.data import (
+from rome_bench.data.datasets import (
     DataError,
     class_balanced_indices,
     load_dataset,

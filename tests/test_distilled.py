@@ -3,9 +3,9 @@ import pickle
 import pytest
 import torch
 
-from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD, DATASETS, DataError
-from rome_bench.distilled import DistilledSet, import_distilled
-from rome_bench.models import CheckpointError
+from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD, DATASETS, DataError
+from rome_bench.data.distilled import DistilledSet, import_distilled
+from rome_bench.models.convnet import CheckpointError
 
 SPEC = DATASETS.get("cifar10")
 

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD, DATASETS, ImageSet, load_dataset
-from rome_bench.distribution_matching import (
+from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD, DATASETS, ImageSet, load_dataset
+from rome_bench.methods.contract import METHODS, MethodConfig
+from rome_bench.methods.distribution_matching import (
     ClassTerms,
     Normalizer,
     QueueMatchingConfig,
@@ -19,7 +20,7 @@ from rome_bench.distribution_matching import (
     total_variation,
     weighted_ce,
 )
-from rome_bench.factorized import (
+from rome_bench.methods.factorized import (
     assemble,
     downscale,
     expand,
@@ -27,9 +28,8 @@ from rome_bench.factorized import (
     init_from_real,
     split,
 )
-from rome_bench.methods import METHODS, MethodConfig
-from rome_bench.models import build_model
-from rome_bench.network_queue import AccuracyMeter, NetworkQueue, seeded
+from rome_bench.methods.network_queue import AccuracyMeter, NetworkQueue, seeded
+from rome_bench.models.convnet import build_model
 
 # -- losses ----------------------------------------------------------------------------------
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rome_bench.augment import DSA
-from rome_bench.data import DATASETS, ImageSet, load_dataset
-from rome_bench.gradient_matching import (
+from rome_bench.data.augment import DSA
+from rome_bench.data.datasets import DATASETS, ImageSet, load_dataset
+from rome_bench.methods.contract import METHODS, MethodConfig
+from rome_bench.methods.gradient_matching import (
     LOOPS,
     class_gradients,
     distill_gradient_matching,
@@ -18,8 +19,7 @@ from rome_bench.gradient_matching import (
     gradient_matching_loss,
     match_distance,
 )
-from rome_bench.methods import METHODS, MethodConfig
-from rome_bench.models import ConvNet
+from rome_bench.models.convnet import ConvNet
 
 MINI = DATASETS.get("cifar10-mini")
 

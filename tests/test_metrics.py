@@ -1,7 +1,7 @@
 import pytest
 
-from rome_bench.metrics import compute, metric_table, metrics_for
-from rome_bench.records import Record
+from rome_bench.core.records import Record
+from rome_bench.reporting.metrics import compute, metric_table, metrics_for
 
 
 def rec(ipc, mode, attack, acc, sec, method="M", repeat=0, threat="standard"):
@@ -91,7 +91,7 @@ def test_per_ipc_rows():
 
 
 def test_table_says_when_rows_pool_different_ipc_sets():
-    from rome_bench.report import format_table1
+    from rome_bench.reporting.table1 import format_table1
 
     only_one = [rec(r.ipc, r.mode, r.attack, r.accuracy, r.seconds, method="N")
                 for r in RECORDS if r.ipc == 1]

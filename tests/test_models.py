@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD
-from rome_bench.models import CheckpointError, build_model, load_dc_checkpoint
+from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD
+from rome_bench.models.convnet import CheckpointError, build_model, load_dc_checkpoint
 
 
 def test_convnet_matches_reference_shape_and_keys():

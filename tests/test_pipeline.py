@@ -12,9 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rome_bench import pipeline
 from rome_bench.cli import main
-from rome_bench.records import read_records
+from rome_bench.core.cache import Cache
+from rome_bench.core.records import read_records
+from rome_bench.data.datasets import load_dataset
+from rome_bench.models import training
+from rome_bench.pipeline import config as plan_config
+from rome_bench.pipeline import runner as pipeline
+from rome_bench.pipeline import stages
+from rome_bench.pipeline.config import PlanError, plan_run, resolve_jobs
+from rome_bench.pipeline.stages import load_test_set, run_cell
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"run_id", "method", "dataset", "ipc", "seed", "repeat", "arch", "preset", "threat_model",
@@ -54,8 +61,8 @@ def test_same_seed_same_records_and_cache_skips_work(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a cached run must not retrain")
 
-    monkeypatch.setattr(pipeline.train_mod, "train_model", no_training)
-    monkeypatch.setattr(pipeline, "run_attack", no_training)
+    monkeypatch.setattr(training, "train_model", no_training)
+    monkeypatch.setattr(stages, "run_attack", no_training)
     _, cached = pipeline.run(config(tmp_path, methods=["random"], out=str(tmp_path / "c")),
                              echo=lambda s: None)
     assert [(key(r), r.accuracy, r.seconds) for r in cached] == [
@@ -160,12 +167,12 @@ def test_default_preset_end_to_end_and_rerun_from_cache(tmp_path):
 
 
 def test_code_version_covers_shared_helper_modules():
-    from rome_bench.cache import _own_dependencies, code_version
-    from rome_bench.methods import METHODS
+    from rome_bench.core.cache import code_version, own_dependencies
+    from rome_bench.methods.contract import METHODS
 
     fn = METHODS.get("idm")
-    deps = _own_dependencies(__import__(fn.__module__, fromlist=["x"]))
-    assert "rome_bench.network_queue" in deps and "rome_bench.factorized" in deps
+    deps = own_dependencies(__import__(fn.__module__, fromlist=["x"]))
+    assert "rome_bench.methods.network_queue" in deps and "rome_bench.methods.factorized" in deps
     assert code_version(fn) and code_version(fn) != code_version(METHODS.get("random"))
 
 
@@ -173,14 +180,14 @@ def test_code_version_covers_shared_helper_modules():
 def test_code_version_ignores_sibling_methods_registered_by_the_package():
     # rome_bench.methods imports its submodules (rome, ...) to register them; that must not make
     # the random baseline's cache depend on ROME's or the DM helpers' source
-    from rome_bench.cache import _own_dependencies
-    from rome_bench.methods import METHODS
+    from rome_bench.core.cache import own_dependencies
+    from rome_bench.methods.contract import METHODS
 
     fn = METHODS.get("random")
-    deps = _own_dependencies(__import__(fn.__module__, fromlist=["x"]))
-    assert "rome_bench.methods" in deps and "rome_bench.data" in deps
+    deps = own_dependencies(__import__(fn.__module__, fromlist=["x"]))
+    assert "rome_bench.methods.contract" in deps and "rome_bench.data.datasets" in deps
     assert "rome_bench.methods.rome" not in deps
-    assert "rome_bench.distribution_matching" not in deps
+    assert "rome_bench.methods.distribution_matching" not in deps
 
 def test_parallel_workers_write_the_same_records_as_one_process(tmp_path):
     # two worker processes (spawned: the 'unit' preset travels inside the pickled plan)
@@ -199,12 +206,12 @@ def test_parallel_workers_write_the_same_records_as_one_process(tmp_path):
 
 
 def test_jobs_auto_is_one_per_core_on_cpu_and_one_on_gpu():
-    assert pipeline.resolve_jobs(None, "cuda", 10) == 1
-    assert 1 <= pipeline.resolve_jobs(None, "cpu", 10) <= 4
-    assert pipeline.resolve_jobs(None, "cpu", 1) == 1
-    assert pipeline.resolve_jobs(3, "cpu", 2) == 2
-    with pytest.raises(pipeline.PlanError):
-        pipeline.resolve_jobs(0, "cpu", 2)
+    assert resolve_jobs(None, "cuda", 10) == 1
+    assert 1 <= resolve_jobs(None, "cpu", 10) <= 4
+    assert resolve_jobs(None, "cpu", 1) == 1
+    assert resolve_jobs(3, "cpu", 2) == 2
+    with pytest.raises(PlanError):
+        resolve_jobs(0, "cpu", 2)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PDEATHSIG")
@@ -244,7 +251,7 @@ def test_killing_a_parallel_run_leaves_no_worker_behind(tmp_path):
 def test_worker_style_runs_report_progress_as_lines(tmp_path):
     # worker processes cannot draw bars, so they log each checkpoint and each retrained model
     from rome_bench import DistilledSet
-    from rome_bench.methods import METHODS, register_method
+    from rome_bench.methods.contract import METHODS, register_method
 
     @register_method("test-checkpointing", description="first images, checkpointed twice",
                      in_all=False, budgets={"unit": {"all": {"iterations": 4}}})
@@ -256,14 +263,14 @@ def test_worker_style_runs_report_progress_as_lines(tmp_path):
 
     lines: list[str] = []
     try:
-        plan = pipeline.plan_run(config(tmp_path, methods=["test-checkpointing"], ipcs=[1],
+        plan = plan_run(config(tmp_path, methods=["test-checkpointing"], ipcs=[1],
                                         attacks="none", progress_lines=True))
-        train = pipeline.load_dataset(plan.dataset.name, "train", None, False)
-        test = pipeline.load_test_set(plan)
-        pipeline.run_cell(plan.cells[0], train, test, plan, pipeline.Cache(tmp_path / "cache"),
+        train = load_dataset(plan.dataset.name, "train", None, False)
+        test = load_test_set(plan)
+        run_cell(plan.cells[0], train, test, plan, Cache(tmp_path / "cache"),
                           lines.append)
     finally:
-        METHODS._remove(METHODS.entry("test-checkpointing"))
+        METHODS.remove(METHODS.entry("test-checkpointing"))
     assert [line.split(" checkpointed")[0] for line in lines[:2]] == [
         "  test-checkpointing IPC 1: iteration 2/4", "  test-checkpointing IPC 1: iteration 4/4"]
     retrained = [line for line in lines if "retrained in" in line]  # none came from a cache
@@ -277,7 +284,7 @@ def test_code_hashes_are_taken_once_per_run(tmp_path, monkeypatch):
     import itertools
 
     fresh_hashes = itertools.count()
-    monkeypatch.setattr(pipeline, "code_version", lambda obj: f"edited-{next(fresh_hashes)}")
+    monkeypatch.setattr(plan_config, "code_version", lambda obj: f"edited-{next(fresh_hashes)}")
     plan, records = pipeline.run(config(tmp_path, methods=["random"], attacks="none"),
                                  echo=lambda s: None)
     assert {r.ipc for r in records} == {1, 2}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rome_bench.records import Record, RecordStore, read_records
+from rome_bench.core.records import Record, RecordStore, read_records
 
 
 def _record(attack: str, accuracy: float, created: str, repeat: int = 0) -> Record:

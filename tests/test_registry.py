@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rome_bench.registry import DuplicateNameError, Registry, UnknownNameError
+from rome_bench.core.registry import DuplicateNameError, Registry, UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_entry_point_discovery(monkeypatch):
             reg.add("from-plugin", object())
 
     reg = Registry("method", entry_point_group="rome_bench.methods")
-    monkeypatch.setattr("rome_bench.registry.metadata.entry_points",
+    monkeypatch.setattr("rome_bench.core.registry.metadata.entry_points",
                         lambda group: [FakeEP()] if group == "rome_bench.methods" else [])
     assert "from-plugin" in reg.list()
     assert loaded == [True]

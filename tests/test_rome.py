@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from rome_bench.data import DATASETS, ImageSet, class_balanced_indices, load_dataset
-from rome_bench.distribution_matching import ClassTerms, QueueMatchingConfig
-from rome_bench.methods import METHODS, MethodConfig, resolve_budget
+from rome_bench.data.datasets import DATASETS, ImageSet, class_balanced_indices, load_dataset
 from rome_bench.methods import rome as rome_mod
-from rome_bench.models import Classifier, ConvNet, Normalize
-from rome_bench.network_queue import NetworkQueue
+from rome_bench.methods.contract import METHODS, MethodConfig, resolve_budget
+from rome_bench.methods.distribution_matching import ClassTerms, QueueMatchingConfig
+from rome_bench.methods.network_queue import NetworkQueue
+from rome_bench.models.convnet import Classifier, ConvNet, Normalize
 
 SPEC = DATASETS.get("cifar10-mini")
 SIZE = 16

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from rome_bench.storage import atomic_write, atomic_write_text
+from rome_bench.core.storage import atomic_write, atomic_write_text
 
 
 def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):

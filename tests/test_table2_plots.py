@@ -5,11 +5,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rome_bench import plots, table2
 from rome_bench.cli import main
-from rome_bench.distilled import DistilledSet
-from rome_bench.records import Record
-from rome_bench.report import ReportError, format_accuracy, has_attacks
+from rome_bench.core.records import Record
+from rome_bench.data.distilled import DistilledSet
+from rome_bench.pipeline.runner import image_grids
+from rome_bench.reporting import figures as plots
+from rome_bench.reporting import table2
+from rome_bench.reporting.accuracy import format_accuracy
+from rome_bench.reporting.layout import ReportError
+from rome_bench.reporting.table1 import has_attacks
 
 
 def rec(method, mode, acc, *, setting="white-box", src=None, attack="PGD", eps=8 / 255, ipc=50,
@@ -112,7 +116,8 @@ def test_figures_open_and_are_not_blank(tmp_path):
     records = study() + sweep_and_white_box()
     ds = DistilledSet(torch.rand(20, 3, 32, 32), torch.arange(20) % 10,
                       {"method": "dc", "dataset": "cifar10"})
-    written = plots.write_figures(records, tmp_path, distilled={"dc_ipc2": ds}, echo=lambda s: None)
+    written = plots.write_figures(records, tmp_path, distilled=image_grids({"dc_ipc2": ds}),
+                                 echo=lambda s: None)
     pngs = {p.name for p in written if p.suffix == ".png"}
     pdfs = [p for p in written if p.suffix == ".pdf"]
     assert len(pdfs) == len(pngs) and all(p.stat().st_size > 1000 for p in pdfs)
@@ -136,7 +141,7 @@ def test_heatmap_and_curve_numbers():
     curves = plots.robustness_curves(study() + sweep_and_white_box())
     assert curves[("DC", 50, "untargeted")][0] == (0.0, 50.0)
     assert curves[("DC", 50, "untargeted")][-1] == (10.0, 20.0)
-    grid = plots.image_grid(DistilledSet(torch.rand(20, 3, 32, 32), torch.arange(20) % 10))
+    grid = plots.image_grid(torch.rand(20, 3, 32, 32), torch.arange(20) % 10)
     assert grid.shape == (10 * 33 + 1, 2 * 33 + 1, 3)  # a class per row, 2 images each
 
 

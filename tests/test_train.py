@@ -1,9 +1,9 @@
 import torch
 
-from rome_bench.augment import DSA
-from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD
-from rome_bench.models import build_model
-from rome_bench.train import TrainConfig, accuracy, soft_cross_entropy, train_model
+from rome_bench.data.augment import DSA
+from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD
+from rome_bench.models.convnet import build_model
+from rome_bench.models.training import TrainConfig, accuracy, soft_cross_entropy, train_model
 
 
 def _model(seed=0):
@@ -55,7 +55,7 @@ class RecordingDSA(DSA):
 def test_whitened_sets_are_augmented_after_the_whitening():
     # MTT/DATM with ZCA: the reference applies DSA to the whitened tensors, so the augmentation
     # must see model.input_transform(x), not the pixels
-    from rome_bench.models import LinearTransform
+    from rome_bench.models.convnet import LinearTransform
 
     torch.manual_seed(0)
     matrix = torch.eye(3 * 32 * 32) * 2.0

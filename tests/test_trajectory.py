@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchattacks
+from rome_bench.baselines.datm import init_soft_labels, select_correct, start_window
+from rome_bench.baselines.mtt import Trajectories, matching_loss, unrolled_student
 
-from baselines.datm import init_soft_labels, select_correct, start_window
-from baselines.mtt import Trajectories, matching_loss, unrolled_student
-from rome_bench.cache import Cache
-from rome_bench.data import CIFAR10_MEAN, CIFAR10_STD, DATASETS, DatasetSpec, ImageSet, load_dataset
-from rome_bench.experts import (
+from rome_bench.core.cache import Cache
+from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD, DATASETS, DatasetSpec, ImageSet, load_dataset
+from rome_bench.methods.contract import MethodConfig
+from rome_bench.methods.experts import (
     ExpertSettings,
     build_expert_net,
     flatten_params,
@@ -21,10 +22,9 @@ from rome_bench.experts import (
     to_network_space,
     unflatten_params,
 )
-from rome_bench.methods import MethodConfig
-from rome_bench.models import ConvNet, LinearTransform, Normalize, build_model
-from rome_bench.train import TrainConfig, soft_cross_entropy, train_model
-from rome_bench.zca import fit_zca, unwhiten, zca_matrix
+from rome_bench.methods.zca import fit_zca, unwhiten, zca_matrix
+from rome_bench.models.convnet import ConvNet, LinearTransform, Normalize, build_model
+from rome_bench.models.training import TrainConfig, soft_cross_entropy, train_model
 
 SPEC = DATASETS.get("cifar10-mini")
 
@@ -159,8 +159,8 @@ def test_buffer_round_trips_parameters_exactly(tmp_path):
     assert len(experts) == 1 and experts[0].dtype == torch.float32
     assert experts[0].shape == (3, flatten_params(build_expert_net(settings, TINY)).numel())
     # the stored trajectory is bit-identical to the one training produces
-    from rome_bench.augment import DSA
-    from rome_bench.experts import _expert_seed, train_expert
+    from rome_bench.data.augment import DSA
+    from rome_bench.methods.experts import _expert_seed, train_expert
 
     seed = _expert_seed(settings, 0)
     torch.manual_seed(seed)
@@ -178,7 +178,7 @@ def test_buffer_round_trips_parameters_exactly(tmp_path):
 
 
 def test_buffer_resumes_per_expert_and_keys_by_settings(tmp_path, monkeypatch):
-    import rome_bench.experts as ex
+    import rome_bench.methods.experts as ex
 
     train = _tiny_train()
     settings = _settings()
@@ -207,8 +207,8 @@ def test_settings_from_a_method_budget():
 
 
 def test_gsam_experts_differ_from_sgd_experts():
-    from rome_bench.augment import DSA
-    from rome_bench.experts import train_expert
+    from rome_bench.data.augment import DSA
+    from rome_bench.methods.experts import train_expert
 
     train = _tiny_train()
     x = to_network_space(train.images, TINY)
@@ -333,8 +333,8 @@ UNIT = {"iterations": 3, "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 
 
 @pytest.mark.slow
 def test_mtt_and_datm_run_resume_and_return_what_the_pipeline_needs(tmp_path):
-    from baselines.datm import datm
-    from baselines.mtt import mtt
+    from rome_bench.baselines.datm import datm
+    from rome_bench.baselines.mtt import mtt
 
     mini = load_dataset("cifar10-mini", "train")
     train = mini.subset(torch.cat([mini.indices_of(c)[:3] for c in range(10)]))

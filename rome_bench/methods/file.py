@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from rome_bench.data import ImageSet
-from rome_bench.distilled import DistilledSet, import_distilled
-from rome_bench.methods import MethodConfig, register_method
+from rome_bench.data.datasets import ImageSet
+from rome_bench.data.distilled import DistilledSet, import_distilled
+from rome_bench.methods.contract import MethodConfig, register_method
 
 
 @register_method("file", description="import a distilled set: --method file:PATH[#k] "

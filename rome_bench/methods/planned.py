@@ -4,7 +4,7 @@ Each raises a NotImplementedError naming its issue and is excluded from ``--meth
 real ``@register_method`` with the same name replaces it.
 """
 
-from rome_bench.methods import not_implemented_method
+from rome_bench.methods.contract import not_implemented_method
 
 not_implemented_method("dc", 4, "DC, gradient matching")
 not_implemented_method("dsa", 4, "DSA, gradient matching with siamese augmentation")

@@ -67,9 +67,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench import DistilledSet, register_method
-from rome_bench.data import ImageSet
-from rome_bench.distribution_matching import (
+from rome_bench.data.datasets import ImageSet
+from rome_bench.data.distilled import DistilledSet
+from rome_bench.methods.contract import MethodConfig, register_method, resolve_budget
+from rome_bench.methods.distribution_matching import (
     ClassTerms,
     Normalizer,
     QueueMatchingConfig,
@@ -77,8 +78,7 @@ from rome_bench.distribution_matching import (
     total_variation,
     weighted_ce,
 )
-from rome_bench.methods import MethodConfig, resolve_budget
-from rome_bench.models import Classifier
+from rome_bench.models.convnet import Classifier
 
 ALPHA = 0.2  # the reference's hard-coded trade-off between L_rob and L_perf
 
@@ -331,27 +331,31 @@ def distill_rome(train: ImageSet, ipc: int, cfg: MethodConfig, variant: Variant,
 _PAPER = "(Zhou et al., ICML 2025)"
 
 
-@register_method("rome", description="ROME: IDM's loop with an adversarially trained queue and "
+@register_method("rome", display="ROME", order=1011,
+                 description="ROME: IDM's loop with an adversarially trained queue and "
                  f"targeted-PGD-aligned TV matching, [0,1] threat model {_PAPER}",
                  budgets=BUDGETS, retrain_augment=True)
 def rome(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     return distill_rome(train, ipc, cfg, VARIANTS["rome"], "rome")
 
 
-@register_method("rome-compat", description="ROME with the reference code's PGD quirk (normalized "
+@register_method("rome-compat", display="ROME-compat", order=1012, published_as="ROME",
+                 description="ROME with the reference code's PGD quirk (normalized "
                  "tensors clamped to [0,1], step 2/225, targets % 10), for the paper's row",
                  budgets=BUDGETS, retrain_augment=True)
 def rome_compat(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     return distill_rome(train, ipc, cfg, VARIANTS["rome-compat"], "rome-compat")
 
 
-@register_method("rome-no-rpm", description="ROME ablation: clean-trained queue networks instead "
+@register_method("rome-no-rpm", display="ROME w/o RPM", order=9,
+                 description="ROME ablation: clean-trained queue networks instead "
                  "of the robust prior", budgets=BUDGETS, retrain_augment=True, in_all=False)
 def rome_no_rpm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     return distill_rome(train, ipc, cfg, VARIANTS["rome-no-rpm"], "rome-no-rpm")
 
 
-@register_method("rome-no-ap", description="ROME ablation: clean real images instead of targeted "
+@register_method("rome-no-ap", display="ROME w/o AP", order=10,
+                 description="ROME ablation: clean real images instead of targeted "
                  "PGD examples in the robustness term", budgets=BUDGETS, retrain_augment=True,
                  in_all=False)
 def rome_no_ap(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:

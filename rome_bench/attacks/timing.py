@@ -1,0 +1,39 @@
+"""The one timed, batched pass that every measurement makes (clean, attacked, crafted, transfer).
+
+The AE metric compares wall-clock seconds of whole passes over the test images, so every
+measurement must time the same thing the same way: all batches, generation and prediction
+included, with the device synchronised at both ends (CUDA work is asynchronous).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work, so that a timer read afterwards covers it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_correct(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many of ``inputs`` ``model`` classifies as ``labels`` (no autograd graph)."""
+    with torch.no_grad():
+        return int((model(inputs).argmax(1) == labels).sum())
+
+
+def timed_batches(n: int, batch_size: int, device: torch.device,
+                  step: Callable[[slice], int | None]) -> tuple[int, float]:
+    """Call ``step`` on consecutive slices of ``range(n)``; returns the sum of what the steps
+    return (e.g. correct predictions) and the seconds of the whole pass."""
+    total = 0
+    synchronize(device)
+    start = time.perf_counter()
+    for i in range(0, n, batch_size):
+        total += step(slice(i, i + batch_size)) or 0
+    synchronize(device)
+    return total, time.perf_counter() - start

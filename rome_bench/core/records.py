@@ -1,0 +1,149 @@
+"""Tidy records: one JSON line per measurement (model x attack x mode), DESIGN section 6.
+
+Tables and plots are derived from records only, so any table can be regenerated from a run
+folder. Appends are atomic (the file is rewritten to a temporary file and moved into place),
+so a run killed at any moment leaves either the old file or the new one, never half a line.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rome_bench.core.registry import RomeBenchError
+from rome_bench.core.storage import atomic_write_text
+
+SETTINGS = ("white-box", "transfer", "query")
+MODES = ("clean", "targeted", "untargeted")
+
+
+class RecordError(RomeBenchError):
+    """A records file that cannot be read."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a measurement."""
+    import torch
+    import torchattacks
+
+    from rome_bench.core.version import __version__
+
+    return {"rome_bench": __version__, "torch": torch.__version__,
+            "torchattacks": torchattacks.__version__, "python": platform.python_version()}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Record:
+    """One measurement. ``accuracy`` is in percent; ``seconds`` covers generation + prediction."""
+
+    run_id: str
+    method: str
+    dataset: str
+    ipc: int
+    seed: int
+    repeat: int
+    arch: str
+    preset: str
+    threat_model: str
+    setting: str
+    source_model: str | None
+    mode: str
+    attack: str
+    eps: float | None
+    accuracy: float
+    seconds: float
+    n_images: int
+    created: str = field(default_factory=now)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Record:
+        names = {f.name for f in fields(cls)}
+        missing = [n for n in names if n not in d and n not in ("created", "versions")]
+        if missing:
+            raise RecordError(f"record lacks fields {missing}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class RecordStore:
+    """Append-only JSONL file of :class:`Record` rows."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, records: list[Record]) -> None:
+        if not records:
+            return
+        old = self.path.read_text() if self.path.exists() else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        atomic_write_text(self.path, old + "".join(r.to_json() + "\n" for r in records))
+
+    def read(self) -> list[Record]:
+        return read_records([self.path])
+
+
+def read_records(paths: list[str | Path]) -> list[Record]:
+    """Records from JSONL files or run folders (every ``*.jsonl`` below a folder)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(p.rglob("*.jsonl")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise RecordError(f"no records file or folder at {p}")
+    per_file: list[list[Record]] = []
+    for f in files:
+        rows_here: list[Record] = []
+        for lineno, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows_here.append(Record.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, RecordError) as exc:
+                raise RecordError(f"{f}:{lineno}: not a rome-bench record ({exc})") from exc
+        per_file.append(rows_here)
+    rows = _drop_repeated_measurements(per_file)
+    if not rows:
+        raise RecordError(f"no records in {', '.join(map(str, paths))}")
+    return rows
+
+
+MEASUREMENT_KEY = ("method", "dataset", "ipc", "seed", "repeat", "arch", "preset", "threat_model",
+                   "setting", "source_model", "mode", "attack", "eps", "n_images")
+
+
+def _measurement_key(record: Record) -> tuple[Any, ...]:
+    return tuple(getattr(record, name) for name in MEASUREMENT_KEY)
+
+
+def _drop_repeated_measurements(per_file: list[list[Record]]) -> list[Record]:
+    """Rows of all files, a measurement found in several files counted once (its newest row).
+
+    A rerun of a cached model (say an extra attack on the same models) records the model's clean
+    accuracy again; reading both run folders, or a folder holding the other, must not count
+    that model twice. Rows within one file are kept as written.
+    """
+    newest: dict[tuple[Any, ...], tuple[str, int]] = {}
+    for index, rows in enumerate(per_file):
+        latest_here: dict[tuple[Any, ...], str] = {}
+        for r in rows:
+            key = _measurement_key(r)
+            latest_here[key] = max(latest_here.get(key, r.created), r.created)
+        for key, created in latest_here.items():
+            if key not in newest or created >= newest[key][0]:
+                newest[key] = (created, index)
+    return [r for index, rows in enumerate(per_file) for r in rows
+            if newest[_measurement_key(r)][1] == index]

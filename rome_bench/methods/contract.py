@@ -1,0 +1,131 @@
+"""The method registry and the contract every distillation method follows.
+
+A method is a function ``fn(train, ipc, cfg) -> DistilledSet`` registered with
+:func:`register_method`. ``train`` is the real training set (an :class:`~rome_bench.data.ImageSet`
+in [0,1]); ``cfg`` is a :class:`MethodConfig` carrying the seed, the preset, the method's budget
+for that preset and helpers for progress and checkpointing.
+
+Built-ins live in ``baselines/`` (one file each, imported automatically, see
+:mod:`rome_bench.methods.discovery`) and ``rome_bench/methods/``; third-party packages register
+through the entry-point group ``rome_bench.methods``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from rome_bench.core.catalog import DEFAULT_ROW_ORDER, METHODS
+from rome_bench.data.augment import DSA
+from rome_bench.data.datasets import DatasetSpec, ImageSet
+from rome_bench.data.distilled import DistilledSet
+
+MethodFn = Callable[[ImageSet, int, "MethodConfig"], DistilledSet]
+
+Budgets = dict[str, dict[Any, dict[str, Any]]]
+
+
+def register_method(name: str, *aliases: str, description: str = "", display: str | None = None,
+                    order: int = DEFAULT_ROW_ORDER, published_as: str | None = None,
+                    retrain_augment: bool = True, ipc_independent: bool = False,
+                    in_all: bool = True, implemented: bool = True,
+                    budgets: Budgets | None = None) -> Callable[[MethodFn], MethodFn]:
+    """Register a distillation method.
+
+    Args:
+        name: the name used on the command line (case-insensitive).
+        description: one line shown by ``rome-bench list methods``.
+        display: the name shown in tables and figures (default: ``name`` as written).
+        order: where the method's row goes in tables (smaller first; baselines use 0-99,
+            ROME 1000 and up so that it closes the table as in the paper).
+        published_as: the published Table-1 row it is compared with (``--reference paper``)
+            when that row has another name (``rome-compat`` -> ``ROME``).
+        retrain_augment: retrain on the result with DSA (the DSA/DM/IDM/MTT/ROME protocol);
+            False for plain DC, whose reference retraining has no augmentation.
+        ipc_independent: the result does not depend on the IPC (``full``); built once.
+        in_all: part of ``--method all``.
+        implemented: False for placeholders that raise NotImplementedError; never in ``all``.
+        budgets: hyperparameters per preset, ``{preset: {"all": {...}, ipc: {...}}}``; the
+            pipeline resolves them (plus any preset override) into ``cfg.params`` and prints
+            them in the run plan. The ``paper`` entry holds the published values.
+
+    >>> @register_method("doc-first-images", description="first ipc images per class")
+    ... def first_images(train, ipc, cfg):
+    ...     idx = torch.cat([train.indices_of(c)[:ipc] for c in range(train.num_classes)])
+    ...     return DistilledSet(train.images[idx], train.labels[idx])
+    >>> "doc-first-images" in METHODS
+    True
+    """
+    existing = METHODS.find(name)
+    if existing is not None and not existing.meta.get("implemented", True):
+        METHODS.remove(existing)  # a real implementation replaces its placeholder
+    return METHODS.register(name, *aliases, description=description, display=display or name,
+                            order=order, published_as=published_as,
+                            retrain_augment=retrain_augment, ipc_independent=ipc_independent,
+                            in_all=in_all and implemented, implemented=implemented,
+                            budgets=budgets or {})
+
+
+def resolve_budget(budgets: Budgets, preset: str, ipc: int) -> dict[str, Any]:
+    """``budgets[preset]["all"]`` updated with ``budgets[preset][ipc]`` (nearest listed IPC)."""
+    table = budgets.get(preset, {})
+    out = dict(table.get("all", {}))
+    ipc_keys = [k for k in table if isinstance(k, int)]
+    if ipc in table:
+        out.update(table[ipc])
+    elif ipc_keys:
+        out.update(table[min(ipc_keys, key=lambda k: (abs(k - ipc), k))])
+    return out
+
+
+def not_implemented_method(name: str, issue: int, what: str) -> None:
+    """Register ``name`` as a clear placeholder for work tracked in ``issue``."""
+
+    def placeholder(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
+        raise NotImplementedError(f"method '{name}' ({what}) is not implemented yet: see issue #{issue}")
+
+    if METHODS.find(name) is not None:  # already implemented: keep the real one
+        return
+    placeholder.__qualname__ = f"placeholder_{name.replace('-', '_')}"
+    register_method(name, description=f"{what} (not implemented yet, issue #{issue})",
+                    implemented=False)(placeholder)
+
+
+@dataclass
+class MethodConfig:
+    """What a method gets besides the data: seed, preset, budget and run-time helpers.
+
+    Attributes:
+        seed: the distillation seed; methods draw all randomness from generators seeded by it.
+        preset: the preset name ('quick', 'cpu', 'paper').
+        dataset: the dataset spec (normalization constants, class count).
+        params: the method's hyperparameters for this preset and IPC (from the preset table).
+        device: torch device for the work.
+        checkpoint: ``checkpoint(state, iteration)`` persists a resumable state; ``resume()``
+            returns the last ``(state, iteration)`` or None.
+    """
+
+    seed: int
+    preset: str
+    dataset: DatasetSpec
+    params: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    show_progress: bool = True
+    checkpoint: Callable[[dict[str, Any], int], None] = lambda state, it: None
+    resume: Callable[[], tuple[dict[str, Any], int] | None] = lambda: None
+
+    def dsa(self) -> DSA:
+        """The DSA augmenter for this dataset (normalized-space, reference parameters)."""
+        return DSA(self.dataset.mean, self.dataset.std)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A private torch generator seeded from the method seed."""
+        return torch.Generator().manual_seed(self.seed * 1000 + offset)
+
+    def progress(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, disable=not self.show_progress, leave=False,
+                    dynamic_ncols=True)

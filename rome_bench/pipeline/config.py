@@ -1,0 +1,256 @@
+"""A run's configuration and its validated plan: every name, option and input is resolved and
+checked here, before any data is loaded or any computation starts."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rome_bench.attacks import blackbox
+from rome_bench.attacks import suite as attacks_mod
+from rome_bench.attacks.suite import AttackSpec
+from rome_bench.core.cache import code_version
+from rome_bench.core.catalog import METHODS
+from rome_bench.core.registry import RomeBenchError
+from rome_bench.core.version import __version__
+from rome_bench.data.datasets import (
+    DATASETS,
+    DatasetSpec,
+)
+from rome_bench.methods.contract import resolve_budget
+from rome_bench.models import training as train_mod
+from rome_bench.models.convnet import ARCHS
+from rome_bench.pipeline.presets import DEFAULT_PRESET, PRESETS, Preset
+
+
+class PlanError(RomeBenchError):
+    """A run that cannot start as requested."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; the CLI maps flags to these fields one to one."""
+
+    methods: list[str]
+    dataset: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    ipcs: list[int] | None = None
+    preset: str = DEFAULT_PRESET
+    repeats: int | None = None
+    # models 0..first_repeat-1 of every cell are skipped (measured by another process or machine)
+    first_repeat: int = 0
+    seed: int = 0
+    arch: str = "convnet"
+    out: str | None = None
+    fresh: bool = False
+    attacks: str | None = None
+    modes: str | None = None
+    threat_models: str | None = None
+    test_subset: int | None = None
+    device: str | None = None
+    show_progress: bool = True
+    # progress as log lines instead of bars (set in worker processes, whose bars would collide)
+    progress_lines: bool = False
+    jobs: int | None = 1  # worker processes; None = auto (see resolve_jobs)
+    settings: str | None = None  # white-box | transfer | query, comma-separated
+
+
+@dataclass
+class Cell:
+    """One (method, IPC) of the plan."""
+
+    method: str
+    ipc: int
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass
+class Plan:
+    """A validated run: resolved preset, dataset, cells, attacks and output folder."""
+
+    config: RunConfig
+    preset: Preset
+    dataset: DatasetSpec
+    cells: list[Cell]
+    attacks: list[AttackSpec]
+    modes: list[str]
+    threat_models: list[str]
+    test_subset: int | None
+    repeats: int
+    device: str
+    out: Path
+    run_id: str
+    jobs: int = 1
+    settings: list[str] = field(default_factory=lambda: ["white-box"])
+    # code hashes taken once when the run is planned (see code_versions_for): every cache key of
+    # the run uses them, so editing a file while a long run is going on cannot make a later
+    # stage (a worker, the figures) look for the run's own results under another key
+    code_versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def repeat_indices(self) -> range:
+        """The model indices this run trains and measures in every cell (seeds follow them)."""
+        return range(self.config.first_repeat, self.repeats)
+
+    def code_of(self, name: str, obj: Any) -> str:
+        """The hash of ``obj``'s code taken when the run was planned (computed now if absent)."""
+        if name not in self.code_versions:
+            self.code_versions[name] = code_version(obj)
+        return self.code_versions[name]
+
+    def describe(self) -> str:
+        lines = [f"rome-bench {__version__} run {self.run_id}",
+                 f"  preset     {self.preset.name}: {self.preset.description}",
+                 f"  scaled     {self.preset.scaled}",
+                 f"  dataset    {self.dataset.name}" + (f" from {self.config.data_root}"
+                                                        if self.config.data_root else ""),
+                 f"  arch       {self.config.arch}, {self._models_text()}, seed "
+                 f"{self.config.seed}, device {self.device}, {self.jobs} worker(s)",
+                 f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
+                 f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
+                 f"  settings   {', '.join(self.settings)}",
+                 f"  test       {self.test_subset or 'all'} images",
+                 f"  output     {self.out}",
+                 "  cells:"]
+        for c in self.cells:
+            ipc = "whole train set" if c.ipc == 0 else f"IPC {c.ipc}"
+            entry = METHODS.entry(c.method)
+            epochs = (self.preset.full_epochs if entry.meta.get("ipc_independent")
+                      else self.preset.epochs(c.ipc, entry.meta.get("retrain_augment", True)))
+            budget = ", ".join(f"{k}={v}" for k, v in sorted(c.params.items()) if k != "path")
+            lines.append(f"    {c.label or c.method:<14} {ipc:<16} retrain {epochs} epochs"
+                         + (f" | {budget}" if budget else ""))
+        return "\n".join(lines)
+
+    def _models_text(self) -> str:
+        first, last = self.config.first_repeat, self.repeats - 1
+        if first == 0:
+            return f"{self.repeats} model(s) per cell"
+        which = f"#{last}" if first == last else f"#{first}-#{last}"
+        return f"models {which} of {self.repeats} per cell"
+
+
+def parse_ipcs(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        ipcs = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise PlanError(f"--ipc must be comma-separated integers, got '{text}'") from exc
+    if not ipcs or any(i <= 0 for i in ipcs):
+        raise PlanError(f"--ipc values must be positive, got '{text}'")
+    return ipcs
+
+
+def expand_methods(names: list[str]) -> list[tuple[str, dict[str, Any], str]]:
+    """``all`` / names / ``file:PATH`` -> (registry name, params, label) with strict lookup."""
+    out: list[tuple[str, dict[str, Any], str]] = []
+    for raw in names:
+        raw = raw.strip()
+        if not raw:
+            continue
+        if raw.lower() == "all":
+            out.extend((e.name, {}, e.name) for e in METHODS.entries() if e.meta.get("in_all"))
+            continue
+        if raw.lower().startswith("file:"):
+            path = raw[5:]
+            if not path:
+                raise PlanError("--method file:PATH needs a path")
+            out.append(("file", {"path": path}, Path(path.partition("#")[0]).stem or "file"))
+            continue
+        entry = METHODS.entry(raw)
+        if not entry.meta.get("implemented", True):
+            entry.obj(None, 0, None)  # raises the placeholder's NotImplementedError
+        out.append((entry.name, {}, entry.name))
+    seen, unique = set(), []
+    for item in out:
+        key = (item[0], str(item[1]))
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    if not unique:
+        raise PlanError("no method selected")
+    return unique
+
+
+def plan_run(config: RunConfig) -> Plan:
+    """Resolve and validate every option (no computation yet)."""
+    preset = PRESETS.get(config.preset)
+    dataset = DATASETS.get(config.dataset or preset.dataset)
+    if dataset.needs_root and not config.data_root:
+        raise PlanError(f"dataset '{dataset.name}' needs --data-root (the '{preset.name}' preset "
+                        "reads real CIFAR from disk)")
+    ARCHS.get(config.arch)
+    ipcs = config.ipcs or list(preset.ipcs)
+    if any(i <= 0 for i in ipcs):
+        raise PlanError("--ipc values must be positive")
+    repeats = config.repeats if config.repeats is not None else preset.repeats
+    if repeats <= 0:
+        raise PlanError("--repeats must be positive")
+    if not 0 <= config.first_repeat < repeats:
+        raise PlanError(f"--first-repeat must be in 0..{repeats - 1} (the cell has {repeats} "
+                        f"model(s)), got {config.first_repeat}")
+    cells: list[Cell] = []
+    for name, params, label in expand_methods(config.methods):
+        entry = METHODS.entry(name)
+        if entry.meta.get("ipc_independent"):
+            cells.append(Cell(name, 0, params, label))
+        elif name == "file":
+            cells.append(Cell(name, -1, params, label))  # IPC read from the file
+        else:
+            cells.extend(Cell(name, ipc, {**resolve_budget(entry.meta.get("budgets", {}),
+                                                            preset.name, ipc),
+                                          **preset.params_for(name, ipc), **params}, label)
+                         for ipc in ipcs)
+    attack_specs = attacks_mod.parse_attacks(config.attacks)
+    modes = attacks_mod.parse_modes(config.modes)
+    threats = attacks_mod.parse_threat_models(config.threat_models)
+    settings = blackbox.parse_settings(config.settings)
+    if "transfer" in settings:
+        blackbox.transfer_specs(attack_specs, config.attacks is not None)
+    n_test = config.test_subset if config.test_subset is not None else preset.test_subset
+    if n_test is not None and n_test <= 0:
+        raise PlanError("--test-subset must be positive")
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    out = Path(config.out) if config.out else Path("results") / "runs" / run_id
+    jobs = resolve_jobs(config.jobs, device, len(cells))
+    return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
+                device, out, run_id, jobs, settings, code_versions_for(cells))
+
+
+def code_versions_for(cells: list[Cell]) -> dict[str, str]:
+    """Code hashes of the cells' methods, of retraining and of the attacks, at planning time."""
+    versions = {f"method:{c.method}": code_version(METHODS.entry(c.method).obj) for c in cells}
+    versions["train"] = code_version(train_mod)
+    versions["attacks"] = code_version(attacks_mod)
+    return versions
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(jobs: int | None, device: str, n_cells: int) -> int:
+    """Worker processes for a run: ``None`` (auto) = one per core (at most 4, at most one per
+    cell) on a CPU and 1 on a GPU, where one process already keeps the device busy."""
+    if jobs is not None:
+        if jobs <= 0:
+            raise PlanError(f"--jobs must be positive or 'auto', got {jobs}")
+        return max(1, min(jobs, n_cells or 1))
+    if not str(device).startswith("cpu"):
+        return 1
+    return max(1, min(available_cores(), 4, n_cells or 1))
+
+

@@ -1,0 +1,244 @@
+"""The benchmark pipeline: distill -> retrain -> attack -> records, cached and resumable.
+
+Each stage is a plain function over small dataclasses. :func:`run` plans every cell first
+(validating all names and inputs before any computation), then walks the cells; finished
+distilled sets, models and measurements come from the cache, and records are appended after
+every model, so a killed run loses at most the model in progress. On a CPU the cells can run
+side by side in worker processes (:mod:`rome_bench.pipeline.pool`).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rome_bench.attacks import blackbox
+from rome_bench.core.cache import Cache, content_key
+from rome_bench.core.catalog import METHODS
+from rome_bench.core.records import Record, RecordStore, versions
+from rome_bench.core.registry import RomeBenchError
+from rome_bench.core.version import __version__
+from rome_bench.data.datasets import (
+    DATASETS,
+    ImageSet,
+    load_dataset,
+)
+from rome_bench.data.distilled import DistilledSet
+from rome_bench.models.convnet import load_dc_checkpoint
+from rome_bench.pipeline.config import Plan, PlanError, RunConfig, plan_run
+from rome_bench.pipeline.pool import run_parallel
+from rome_bench.pipeline.stages import distill, distill_key, evaluate_model, load_test_set, retrain, run_cell
+from rome_bench.reporting import figures
+from rome_bench.reporting.tables import write_tables
+
+
+def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, list[Record]]:
+    """Run the benchmark; returns the plan and all records (also written to ``plan.out``).
+
+    Records are appended after every model (after every cell with several workers); the tables
+    (markdown, CSV, LaTeX) are written to ``plan.out`` at the end.
+    """
+    plan = plan_run(config)
+    echo(plan.describe())
+    store = RecordStore(plan.out / "records.jsonl")
+    # loaded once here: the serial loop, transfer and the figures use it, and with workers it
+    # fetches/verifies the data (download, clear errors) before any worker starts
+    train = load_dataset(plan.dataset.name, "train", config.data_root, config.download)
+    test = load_test_set(plan)
+    if plan.jobs > 1:
+        all_records = run_parallel(plan, store, echo)
+    else:
+        cache = Cache()
+        all_records = []
+        with tqdm(plan.cells, desc="cells", disable=not config.show_progress,
+                  dynamic_ncols=True) as bar:
+            for cell in bar:
+                outcome = run_cell(cell, train, test, plan, cache, echo, store)
+                if config.show_progress:
+                    bar.write(outcome.summary(cell))
+                all_records.extend(outcome.records)
+    if all_records:
+        all_records.extend(_transfer_after_cells(plan, train, test, store, echo))
+        write_tables(all_records, plan.out)
+        _write_figures(all_records, plan, _distilled_sets(plan, train, echo), echo)
+    return plan, all_records
+
+
+def _cell_models(plan: Plan, train: ImageSet, echo: Callable[[str], None], with_models: bool):
+    """Each cell's distilled set (and trained models) again, from the cache the cells filled.
+
+    Transfer needs every model of a run at once and the figures need the distilled sets, while
+    cells may have run in worker processes; reloading cached artefacts is cheap. ``fresh`` is
+    switched off here: the cells have just recomputed everything.
+    """
+    plan = replace(plan, config=replace(plan.config, fresh=False))
+    cache = Cache()
+    for cell in plan.cells:
+        if not with_models and METHODS.entry(cell.method).meta.get("ipc_independent"):
+            continue  # the whole training set: no grid to draw
+        if not with_models and not cache.distilled(distill_key(cell, plan)).exists():
+            # never distill again just to draw a figure (hours at the cpu preset)
+            echo(f"  no figure of {cell.label or cell.method}'s images: its distilled set is not "
+                 "in the cache")
+            continue
+        distilled, dkey = distill(cell, train, plan, cache, echo)
+        ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
+        models = [(repeat, *retrain(distilled, dkey, cell, repeat, plan, cache))
+                  for repeat in plan.repeat_indices] if with_models else []
+        yield cell, ipc, distilled, models
+
+
+def _transfer_after_cells(plan: Plan, train: ImageSet, test: ImageSet, store: RecordStore,
+                          echo: Callable[[str], None]) -> list[Record]:
+    """Transfer records among the run's models (same IPC and repeat), appended to ``store``."""
+    if "transfer" not in plan.settings:
+        return []
+    models = [blackbox.TransferModel(cell.label or cell.method, key, model, ipc, repeat)
+              for cell, ipc, _, trained in _cell_models(plan, train, echo, with_models=True)
+              for repeat, model, key in trained]
+    recs = transfer_records(plan, Cache(), test.images, test.labels, models)
+    store.append(recs)
+    return recs
+
+
+def _distilled_sets(plan: Plan, train: ImageSet, echo: Callable[[str], None]
+                    ) -> dict[str, DistilledSet]:
+    """The run's distilled sets by ``<method>_ipc<N>`` (the whole training set is not drawn)."""
+    return {f"{cell.label or cell.method}_ipc{ipc}": distilled
+            for cell, ipc, distilled, _ in _cell_models(plan, train, echo, with_models=False)
+            if ipc > 0}
+
+
+def _write_figures(records: list[Record], plan: Plan, distilled: dict[str, DistilledSet],
+                   echo: Callable[[str], None]) -> None:
+    """The figures the records support, next to them (a plotting failure never loses records)."""
+    try:
+        figures.write_figures(records, plan.out, distilled=image_grids(distilled), echo=echo)
+    except Exception as exc:  # noqa: BLE001 - the records and tables are already written
+        warn(f"rome-bench: figures not written: {type(exc).__name__}: {exc}")
+
+
+def transfer_records(plan: Plan, cache: Cache, images: torch.Tensor, labels: torch.Tensor,
+                     models: list[blackbox.TransferModel]) -> list[Record]:
+    """Transfer records for a run: models of the same IPC and repeat attack each other.
+
+    Models trained on different IPCs (or different repeats) are separate studies, as in the
+    paper (its heatmap is one IPC).
+    """
+    specs = blackbox.transfer_specs(plan.attacks, plan.config.attacks is not None)
+    if not specs or len(models) == 0:
+        return []
+    groups: dict[tuple[int, int], list[blackbox.TransferModel]] = {}
+    for m in models:
+        groups.setdefault((m.ipc, m.repeat), []).append(m)
+    context = {"test": plan.test_subset, "dataset": plan.dataset.name,
+               "data_root": str(plan.config.data_root or "")}
+    vers = versions()
+    records: list[Record] = []
+    for (ipc, repeat), group in sorted(groups.items()):
+        results = blackbox.transfer_study(
+            group, images, labels, specs, plan.modes, plan.threat_models,
+            num_classes=plan.dataset.num_classes, batch_size=plan.preset.attack_batch_size,
+            device=plan.device, seed=plan.config.seed,
+            overrides=lambda name: plan.preset.attack_overrides.get(name, {}), cache=cache,
+            context=context, fresh=plan.config.fresh, show_progress=plan.config.show_progress)
+        records.extend(Record(
+            run_id=plan.run_id, method=r.victim, dataset=plan.dataset.name, ipc=ipc,
+            seed=plan.config.seed, repeat=repeat, arch=plan.config.arch, preset=plan.preset.name,
+            threat_model=r.threat_model, setting="transfer", source_model=r.surrogate,
+            mode=r.mode, attack=r.attack, eps=r.eps, accuracy=r.accuracy, seconds=r.seconds,
+            n_images=r.n_images, versions=vers) for r in results)
+    return records
+
+
+def image_grids(distilled: dict[str, DistilledSet]) -> dict[str, figures.ImageGrid]:
+    """Distilled sets as the image grids the figures draw (title, hard labels, class names)."""
+    grids = {}
+    for name, ds in distilled.items():
+        dataset = ds.meta.get("dataset", "")
+        names = (DATASETS.get(dataset).class_names
+                 if isinstance(dataset, str) and dataset in DATASETS else ())
+        title = f"{ds.meta.get('method', name)} — IPC {ds.ipc}, {dataset}"
+        grids[name] = figures.ImageGrid(ds.images, ds.hard_labels, title, names)
+    return grids
+
+
+def find_distilled(folder: Path) -> dict[str, DistilledSet]:
+    """rome-bench distilled-set files (``*.pt`` with images and labels) below ``folder``."""
+    found: dict[str, DistilledSet] = {}
+    for path in sorted(folder.rglob("*.pt")) if folder.is_dir() else []:
+        try:
+            found[path.stem] = DistilledSet.load(path)
+        except RomeBenchError:
+            continue  # other tensors (models, caches) live in run folders too
+    return found
+
+
+def checkpoint_ipc(path: str) -> int:
+    """IPC from a published checkpoint name such as ``DC_ConvNet_CIFAR10_50_None.pth`` (0 if none)."""
+    m = re.search(r"_CIFAR1?0{1,2}_(\d+)_", Path(path).name, re.IGNORECASE)
+    return int(m.group(1)) if m else 0
+
+
+def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
+                         ipc: int | None = None, echo: Callable[[str], None] = print
+                         ) -> tuple[Plan, list[Record]]:
+    """Evaluate published trained models (``NAME=PATH``) without retraining."""
+    plan = plan_run(replace(config, methods=["random"]))
+    plan.cells = []
+    cache = Cache()
+    names = [name for name, _ in checkpoints]
+    if "transfer" in plan.settings and len(set(names)) != len(names):
+        raise PlanError(f"--setting transfer needs distinct checkpoint names, got {names}")
+    models = []
+    for name, path in checkpoints:  # validate every file before the first forward pass
+        model = load_dc_checkpoint(path, config.arch, num_classes=plan.dataset.num_classes,
+                                   mean=plan.dataset.mean, std=plan.dataset.std,
+                                   channels=plan.dataset.channels,
+                                   image_size=plan.dataset.image_size)
+        key = content_key(stage="checkpoint", sha=_sha256(path), arch=config.arch)
+        models.append((name, path, model, key))
+    echo(f"rome-bench {__version__}: evaluating {len(models)} checkpoint(s) on {plan.dataset.name} "
+         f"({plan.test_subset or 'all'} test images), preset {plan.preset.name}, threat "
+         f"{', '.join(plan.threat_models)}, settings {', '.join(plan.settings)}, output {plan.out}")
+    test = load_test_set(plan)
+    store = RecordStore(plan.out / "records.jsonl")
+    records: list[Record] = []
+    transfer_models: list[blackbox.TransferModel] = []
+    for name, path, model, key in models:
+        model_ipc = ipc if ipc is not None else checkpoint_ipc(path)
+        recs = evaluate_model(model, key, test, plan, cache, method=name, ipc=model_ipc, repeat=0)
+        store.append(recs)
+        records.extend(recs)
+        if "transfer" in plan.settings:
+            transfer_models.append(blackbox.TransferModel(name, key, model, model_ipc, 0))
+    if transfer_models:
+        recs = transfer_records(plan, cache, test.images, test.labels, transfer_models)
+        store.append(recs)
+        records.extend(recs)
+    if records:
+        write_tables(records, plan.out)
+        _write_figures(records, plan, {}, echo)
+    return plan, records
+
+
+def evaluate_distilled(config: RunConfig, paths: list[str], echo: Callable[[str], None] = print
+                       ) -> tuple[Plan, list[Record]]:
+    """Retrain on given distilled-set files and evaluate (same as ``run --method file:PATH``)."""
+    return run(replace(config, methods=[f"file:{p}" for p in paths]), echo)
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def warn(msg: str) -> None:
+    print(msg, file=sys.stderr)

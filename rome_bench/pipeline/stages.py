@@ -1,0 +1,261 @@
+"""The stages of a cell: distill (or load) -> retrain -> measure, each cached by a content key
+of everything that determines its result, so a rerun skips finished work and a killed run
+resumes where it stopped."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from rome_bench.attacks import blackbox
+from rome_bench.attacks import suite as attacks_mod
+from rome_bench.attacks.suite import AttackSpec, clean_accuracy, run_attack
+from rome_bench.core.cache import Cache, content_key
+from rome_bench.core.catalog import METHODS
+from rome_bench.core.records import Record, RecordStore, versions
+from rome_bench.core.registry import RomeBenchError
+from rome_bench.core.storage import atomic_torch_save, atomic_write_json, load_tensor_file, read_json
+from rome_bench.core.version import __version__
+from rome_bench.data.augment import DSA
+from rome_bench.data.datasets import (
+    DataError,
+    ImageSet,
+    load_dataset,
+    take_test_subset,
+)
+from rome_bench.data.distilled import DistilledSet
+from rome_bench.methods.contract import MethodConfig
+from rome_bench.models import training as train_mod
+from rome_bench.models.convnet import Classifier, LinearTransform, build_model
+from rome_bench.pipeline.config import Cell, Plan
+
+
+def distill_key(cell: Cell, plan: Plan) -> str:
+    """The cache key of ``cell``'s distilled set (and of its distillation checkpoint)."""
+    entry = METHODS.entry(cell.method)
+    return content_key(stage="distill", method=cell.method, dataset=plan.dataset.name,
+                       ipc=cell.ipc, preset=plan.preset.name, seed=plan.config.seed,
+                       params=cell.params, code=plan.code_of(f"method:{cell.method}", entry.obj),
+                       version=__version__, data_root=str(plan.config.data_root or ""))
+
+
+def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable[[str], None]
+            ) -> tuple[DistilledSet, str]:
+    """The distilled set of ``cell`` (from the cache when possible) and its cache key."""
+    entry = METHODS.entry(cell.method)
+    ipc = cell.ipc
+    key = distill_key(cell, plan)
+    path = cache.distilled(key)
+    cacheable = not entry.meta.get("ipc_independent")
+    if cacheable and path.exists() and not plan.config.fresh:
+        return DistilledSet.load(path), key
+    if ipc > 0:
+        for c in range(train.num_classes):
+            have = int((train.labels == c).sum())
+            if have < ipc:
+                raise DataError(f"IPC {ipc} is larger than class {c}'s {have} training images")
+    ckpt_path = cache.checkpoint(key)
+    if plan.config.fresh and ckpt_path.exists():
+        ckpt_path.unlink()
+
+    started = time.perf_counter()
+    total = cell.params.get("iterations")
+
+    def save_checkpoint(state: dict[str, Any], iteration: int) -> None:
+        atomic_torch_save({"state": state, "iteration": iteration}, ckpt_path)
+        if plan.config.progress_lines:
+            of = f"/{total}" if total else ""
+            log(f"  {cell.label or cell.method} IPC {ipc}: iteration {iteration}{of} checkpointed "
+                f"after {time.perf_counter() - started:.0f} s")
+
+    def resume() -> tuple[dict[str, Any], int] | None:
+        if not ckpt_path.exists():
+            return None
+        obj = load_tensor_file(ckpt_path, "distillation checkpoint")
+        log(f"  resuming {cell.method} IPC {ipc} from iteration {obj['iteration']}")
+        return obj["state"], int(obj["iteration"])
+
+    cfg = MethodConfig(seed=plan.config.seed, preset=plan.preset.name, dataset=plan.dataset,
+                       params=dict(cell.params), device=plan.device,
+                       show_progress=plan.config.show_progress, checkpoint=save_checkpoint,
+                       resume=resume)
+    result = entry.obj(train, max(ipc, 0), cfg)
+    if not isinstance(result, DistilledSet):
+        raise RomeBenchError(f"method '{cell.method}' returned {type(result).__name__}, "
+                             "not a DistilledSet")
+    result.images = result.images.detach().cpu().float()
+    result.labels = result.labels.detach().cpu()
+    result.validate(plan.dataset.num_classes, plan.dataset.channels,
+                    f"output of method '{cell.method}'")
+    result.meta = {**result.meta, "method": cell.label or cell.method,
+                   "dataset": plan.dataset.name, "ipc": result.ipc if ipc <= 0 else ipc,
+                   "preset": plan.preset.name, "seed": plan.config.seed, "version": __version__,
+                   "created": datetime.now().isoformat(timespec="seconds")}
+    if cacheable:
+        result.save(path)
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+    return result, key
+
+
+def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, plan: Plan,
+            cache: Cache, log: Callable[[str], None] | None = None) -> tuple[Classifier, str]:
+    """A freshly trained model on ``distilled`` (cached by everything that determines it).
+
+    With ``plan.config.progress_lines``, a finished training is reported through ``log``.
+    """
+    entry = METHODS.entry(cell.method)
+    augment = bool(distilled.meta.get("augment", entry.meta.get("retrain_augment", True)))
+    # the budget follows the requested IPC, not the stored image count (factorized sets such as
+    # IDM's hold 4 sub-images per stored image)
+    budget_ipc = cell.ipc if cell.ipc > 0 else distilled.ipc
+    if entry.meta.get("ipc_independent"):
+        epochs = plan.preset.full_epochs
+    else:
+        epochs = plan.preset.epochs(budget_ipc, augment)
+    cfg = train_mod.TrainConfig(epochs=epochs, lr=float(distilled.meta.get("lr", 0.01)),
+                                augment=augment,
+                                batch_size=int(distilled.meta.get("retrain_batch_size", 256)))
+    seed = plan.config.seed * 1000 + repeat
+    key = content_key(stage="retrain", distilled=distill_key, arch=plan.config.arch, cfg=cfg,
+                      seed=seed, code=plan.code_of("train", train_mod), version=__version__)
+    path = cache.model(key)
+
+    zca = distilled.meta.get("zca")
+
+    def fresh_model() -> Classifier:
+        # sets distilled in a whitened space (MTT/DATM with ZCA) keep the whitening inside the
+        # model, after Normalize, so attacks still see [0,1] images
+        whitening = (LinearTransform(zca["matrix"], zca["mean"])
+                     if isinstance(zca, dict) else None)
+        torch.manual_seed(seed)
+        return build_model(plan.config.arch, num_classes=plan.dataset.num_classes,
+                           channels=plan.dataset.channels, image_size=plan.dataset.image_size,
+                           mean=plan.dataset.mean, std=plan.dataset.std, whitening=whitening)
+
+    model = fresh_model()
+    if path.exists() and not plan.config.fresh:
+        model.load_state_dict(load_tensor_file(path, "cached model"))
+        return model.eval(), key
+    dsa = DSA(plan.dataset.mean, plan.dataset.std) if augment else None
+    label = cell.label or cell.method
+    ipc_txt = "full" if cell.ipc == 0 else f"ipc{budget_ipc}"
+    started = time.perf_counter()
+    with tqdm(total=epochs, desc=f"retrain {label} {ipc_txt} #{repeat}", leave=False,
+              disable=not plan.config.show_progress, dynamic_ncols=True) as bar:
+        train_mod.train_model(model, distilled.images, distilled.labels, cfg, augment=dsa,
+                              seed=seed, device=plan.device, progress=bar.update)
+    atomic_torch_save(model.cpu().state_dict(), path)
+    if plan.config.progress_lines and log is not None:
+        where = "full-size" if cell.ipc == 0 else f"IPC {budget_ipc}"
+        log(f"  {label} {where}: model {repeat + 1}/{plan.repeats} retrained in "
+            f"{time.perf_counter() - started:.0f} s")
+    return model.eval(), key
+
+
+def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpec | None, mode: str,
+            threat_model: str, plan: Plan, cache: Cache) -> dict[str, Any]:
+    """One measurement (clean when ``attack`` is None), cached by model, attack and test set."""
+    overrides = plan.preset.attack_overrides.get(attack.name, {}) if attack else {}
+    key = content_key(stage="measure", model=model_key, attack=attack.name if attack else "clean",
+                      params=attack.params if attack else None, overrides=overrides, mode=mode,
+                      threat=threat_model, test=plan.test_subset, dataset=plan.dataset.name,
+                      data_root=str(plan.config.data_root or ""), seed=plan.config.seed,
+                      code=plan.code_of("attacks", attacks_mod), version=__version__)
+    path = cache.measurement(key)
+    cached = None if plan.config.fresh else read_json(path)
+    if cached is not None:
+        return cached
+    if attack is None:
+        res = clean_accuracy(model, test.images, test.labels, threat_model=threat_model,
+                             batch_size=plan.preset.attack_batch_size, device=plan.device)
+    else:
+        res = run_attack(attack, model, test.images, test.labels, mode=mode,
+                         threat_model=threat_model, num_classes=plan.dataset.num_classes,
+                         batch_size=plan.preset.attack_batch_size, device=plan.device,
+                         seed=plan.config.seed, overrides=overrides)
+    out = {"attack": res.attack, "mode": res.mode, "accuracy": res.accuracy,
+           "seconds": res.seconds, "n_images": res.n_images, "eps": res.eps}
+    atomic_write_json(path, out)
+    return out
+
+
+def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan, cache: Cache, *,
+                   method: str, ipc: int, repeat: int, source_note: str = "") -> list[Record]:
+    """Clean accuracy and every (attack, mode) under every threat model, as records."""
+    jobs: list[tuple[AttackSpec | None, str, str]] = []
+    white = [a for a in plan.attacks if a.setting != "query"] if "white-box" in plan.settings else []
+    for threat in plan.threat_models:
+        jobs.append((None, "clean", threat))
+        for atk in white + blackbox.query_specs(plan.attacks, plan.settings):
+            for mode in plan.modes:
+                if mode == "targeted" and not atk.targeted:
+                    continue  # no targeted mode: left out of targeted tables, as published
+                jobs.append((atk, mode, threat))
+    vers = versions()
+    records = []
+    desc = f"attack {method} " + ("full" if ipc == 0 else f"ipc{ipc}") + f" #{repeat}"
+    for atk, mode, threat in tqdm(jobs, desc=desc, leave=False, dynamic_ncols=True,
+                                  disable=not plan.config.show_progress):
+        m = measure(model, model_key, test, atk, mode, threat, plan, cache)
+        records.append(Record(
+            run_id=plan.run_id, method=method, dataset=plan.dataset.name, ipc=ipc,
+            seed=plan.config.seed, repeat=repeat, arch=plan.config.arch, preset=plan.preset.name,
+            threat_model=threat, setting=atk.setting if atk else "white-box", source_model=None,
+            mode=mode, attack=m["attack"], eps=m["eps"], accuracy=m["accuracy"],
+            seconds=m["seconds"], n_images=m["n_images"], versions=vers))
+    return records
+
+
+def load_test_set(plan: Plan) -> ImageSet:
+    test = load_dataset(plan.dataset.name, "test", plan.config.data_root, plan.config.download)
+    return take_test_subset(test, plan.test_subset, seed=0)
+
+
+@dataclass
+class CellOutcome:
+    """A finished cell: its records and the wall-clock seconds of each stage (cache hits ~0)."""
+
+    records: list[Record]
+    seconds: dict[str, float]
+
+    def summary(self, cell: Cell) -> str:
+        clean = [r.accuracy for r in self.records if r.mode == "clean"]
+        where = "(whole train set)" if cell.ipc == 0 else f"IPC {cell.ipc}"
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
+        return (f"  done {cell.label or cell.method} {where} in {sum(self.seconds.values()):.0f} s"
+                f" ({stages})" + (f": clean {sum(clean) / len(clean):.1f}%" if clean else ""))
+
+
+def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cache,
+             log: Callable[[str], None], store: RecordStore | None = None) -> CellOutcome:
+    """Distill (or load) one cell, retrain its models (``plan.repeat_indices``), attack each.
+
+    With ``store``, each model's records are appended as soon as they exist.
+    """
+    seconds = {"distill": 0.0, "retrain": 0.0, "attacks": 0.0}
+    start = time.perf_counter()
+    distilled, dkey = distill(cell, train, plan, cache, log)
+    seconds["distill"] = time.perf_counter() - start
+    ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
+    records: list[Record] = []
+    for repeat in plan.repeat_indices:
+        start = time.perf_counter()
+        model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache, log)
+        seconds["retrain"] += time.perf_counter() - start
+        start = time.perf_counter()
+        recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
+                              ipc=ipc, repeat=repeat)
+        seconds["attacks"] += time.perf_counter() - start
+        if store is not None:
+            store.append(recs)
+        records.extend(recs)
+    return CellOutcome(records, seconds)
+
+

@@ -1,0 +1,139 @@
+"""RR, AE, CREI, I-RR and I-CREI exactly as the published tables compute them (DESIGN §5).
+
+Per (dataset, method, threat model, mode) and per repeat, pooled over the IPCs present:
+
+* ``C``  = mean clean accuracy over the IPCs;
+* attack accuracies ``a_i`` and times ``t_i`` are flattened over all attacks x all IPCs;
+* ``T0`` = mean over IPCs of the clean time, where an IPC's clean time is the minimum of its
+  clean timings (BEARD logs one clean timing per mode);
+* ``mean ASR = C - mean(a)``, ``max ASR = C - min(a)``;
+
+then ``RR = 100 (1 - mean ASR / max ASR)`` (0 when max ASR is 0), ``I-RR = 100 (1 - mean ASR *
+max ASR / C^2)``, ``AE = 100 (mean(t) - T0) / (max(t) - T0)``, ``CREI = a RR + (1-a) AE`` and
+``I-CREI = a I-RR + (1-a) AE``. With repeats, each repeat gives one value and tables show mean
++- std. Degenerate inputs give defined values: no attack -> every metric None (shown N/A);
+C = 0 -> I-RR 0; max(t) = T0 -> AE 0.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rome_bench.core.records import Record
+
+METRICS = ("RR", "CREI", "I-RR", "I-CREI")
+ALL_METRICS = ("RR", "AE", "CREI", "I-RR", "I-CREI")
+
+
+@dataclass(frozen=True)
+class MetricValues:
+    """One evaluation of the five metrics plus the quantities they come from."""
+
+    clean: float
+    mean_asr: float | None
+    max_asr: float | None
+    RR: float | None
+    AE: float | None
+    CREI: float | None
+    I_RR: float | None
+    I_CREI: float | None
+    n_attacks: int
+
+    def get(self, name: str) -> float | None:
+        return getattr(self, name.replace("-", "_"))
+
+
+def compute(clean_acc: Iterable[float], clean_time: Iterable[float], attack_acc: list[float],
+            attack_time: list[float], alpha: float = 0.5) -> MetricValues:
+    """Metrics from per-IPC clean accuracy/time and flattened attack accuracies/times.
+
+    >>> m = compute([50.0], [2.0], [30.0, 10.0], [3.0, 9.0])
+    >>> round(m.RR, 2), round(m.I_RR, 2), round(m.AE, 2)
+    (25.0, 52.0, 57.14)
+    """
+    clean_acc, clean_time = list(clean_acc), list(clean_time)
+    c = statistics.fmean(clean_acc) if clean_acc else 0.0
+    if not attack_acc:
+        return MetricValues(c, None, None, None, None, None, None, None, 0)
+    t0 = statistics.fmean(clean_time) if clean_time else 0.0
+    mean_asr = c - statistics.fmean(attack_acc)
+    max_asr = c - min(attack_acc)
+    rr = 0.0 if max_asr == 0 else 100.0 * (1.0 - mean_asr / max_asr)
+    i_rr = 0.0 if c == 0 else 100.0 * (1.0 - mean_asr * max_asr / c**2)
+    t_span = max(attack_time) - t0
+    ae = 0.0 if t_span == 0 else 100.0 * (statistics.fmean(attack_time) - t0) / t_span
+    return MetricValues(c, mean_asr, max_asr, rr, ae, alpha * rr + (1 - alpha) * ae, i_rr,
+                        alpha * i_rr + (1 - alpha) * ae, len(attack_acc))
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    dataset: str
+    method: str
+    threat_model: str
+    preset: str
+    setting: str
+    mode: str
+    ipc: int | None  # None = pooled over the IPCs
+
+
+def metrics_for(records: list[Record], *, mode: str, ipcs: list[int] | None = None,
+                alpha: float = 0.5) -> MetricValues:
+    """Metrics for one model family (one method, one repeat) in ``mode``, pooled over ``ipcs``."""
+    rows = [r for r in records if ipcs is None or r.ipc in ipcs]
+    by_ipc_clean: dict[int, list[Record]] = defaultdict(list)
+    for r in rows:
+        if r.mode == "clean":
+            by_ipc_clean[r.ipc].append(r)
+    present = sorted(by_ipc_clean)
+    clean_acc = [statistics.fmean(x.accuracy for x in by_ipc_clean[i]) for i in present]
+    clean_time = [min(x.seconds for x in by_ipc_clean[i]) for i in present]
+    attacked = [r for r in rows if r.mode == mode and r.ipc in by_ipc_clean]
+    return compute(clean_acc, clean_time, [r.accuracy for r in attacked],
+                   [r.seconds for r in attacked], alpha)
+
+
+@dataclass
+class MetricRow:
+    """Mean and std over repeats of each metric for one group."""
+
+    key: GroupKey
+    values: dict[str, tuple[float | None, float | None]]  # metric -> (mean, std)
+    clean: tuple[float, float]
+    repeats: int
+
+
+def _mean_std(xs: list[float | None]) -> tuple[float | None, float | None]:
+    vals = [x for x in xs if x is not None and not math.isnan(x)]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def metric_table(records: list[Record], *, alpha: float = 0.5, per_ipc: bool = False,
+                 setting: str = "white-box") -> list[MetricRow]:
+    """One :class:`MetricRow` per (dataset, method, threat model, preset, mode[, IPC])."""
+    groups: dict[tuple, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.setting != setting and r.mode != "clean":
+            continue
+        base = (r.dataset, r.method, r.threat_model, r.preset)
+        groups[base][r.repeat].append(r)
+    rows: list[MetricRow] = []
+    for (dataset, method, threat, preset), by_repeat in groups.items():
+        all_ipcs = sorted({r.ipc for rs in by_repeat.values() for r in rs})
+        ipc_sets: list[int | None] = list(all_ipcs) if per_ipc else [None]
+        for ipc in ipc_sets:
+            for mode in ("targeted", "untargeted"):
+                vals = [metrics_for(rs, mode=mode, ipcs=None if ipc is None else [ipc], alpha=alpha)
+                        for rs in by_repeat.values()]
+                key = GroupKey(dataset, method, threat, preset, setting, mode, ipc)
+                rows.append(MetricRow(
+                    key, {m: _mean_std([v.get(m) for v in vals]) for m in ALL_METRICS},
+                    _mean_std([v.clean for v in vals]),  # type: ignore[arg-type]
+                    len(vals)))
+    return rows
