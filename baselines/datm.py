@@ -48,20 +48,16 @@ CIFAR-100 uses :data:`CIFAR100_PAPER` at the paper preset.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from rome_bench.baselines.mtt import (
     ExpertSampler,
+    LoopState,
     Trajectories,
     load_trajectories,
-    matching_loss,
-    momentum_state,
     paper_params,
     real_init,
-    set_momentum_state,
-    unrolled_student,
 )
 
 from rome_bench import DistilledSet, register_method
@@ -216,7 +212,6 @@ def datm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     traj = load_trajectories(train, cfg, params, flat=bool(params.get("buffer_flat", False)))
     device = cfg.device
     iterations = int(params["iterations"])
-    syn_steps, expert_epochs = int(params["syn_steps"]), int(params["expert_epochs"])
     threshold, ema_decay = float(params["threshold"]), float(params.get("ema_decay", 0.0))
 
     init_gen = cfg.generator(4)
@@ -239,33 +234,13 @@ def datm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     sampler = ExpertSampler(len(traj.experts), sample_gen)
     opts = (opt_img, opt_lr, opt_y)
 
-    start_it, updates = 0, 0
-    resumed = cfg.resume()
-    if resumed is not None:
-        state, start_it = resumed
-        with torch.no_grad():
-            images.copy_(state["images"].to(device))
-            labels.copy_(state["labels"].to(device))
-            ema.copy_(state["ema"].to(device))
-            syn_lr.fill_(float(state["syn_lr"]))
-        for opt, mom in zip(opts, state["momentum"]):
-            set_momentum_state(opt, mom)
-        for g, s in zip((sample_gen, batch_gen, aug_gen), state["generators"]):
-            g.set_state(s)
-        sampler.load(state["sampler"])
-        updates = int(state["updates"])
-    every = max(1, math.ceil(iterations / 10))
-    bar = cfg.progress(iterations, f"datm ipc{ipc}")
-    bar.update(start_it)
-    for it in range(start_it, iterations):
-        expert = traj.experts[sampler.next()]
-        low, high = start_window(params, it)
-        t = int(torch.randint(low, high, (1,), generator=sample_gen))
-        start = expert[t].to(device)
-        target = expert[t + expert_epochs].to(device)
-        student = unrolled_student(traj, images, labels, syn_lr, start, syn_steps,
-                                   params.get("batch_syn"), batch_gen, aug_gen)
-        loss = matching_loss(student, start, target)
+    state = LoopState({"images": images, "labels": labels, "ema": ema}, syn_lr, opts,
+                      (sample_gen, batch_gen, aug_gen), sampler)
+    start_it, updates = state.resume(cfg, "updates")
+    loop = cfg.loop(iterations, f"datm ipc{ipc}", start=start_it,
+                    snapshot=lambda: state.snapshot(updates=updates))
+    for it in loop:
+        loss = state.segment_loss(traj, labels, start_window(params, it), params)
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         if torch.isfinite(loss) and float(loss.detach()) <= threshold:
@@ -276,16 +251,7 @@ def datm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
             if ema_decay > 0:
                 with torch.no_grad():
                     ema.mul_(ema_decay).add_(images.detach(), alpha=1 - ema_decay)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{float(syn_lr.detach()):.4g}", upd=updates)
-        if (it + 1) % every == 0 and it + 1 < iterations:
-            cfg.checkpoint({"images": images.detach().cpu().clone(),
-                            "labels": labels.detach().cpu().clone(),
-                            "ema": ema.cpu().clone(), "syn_lr": float(syn_lr.detach()),
-                            "momentum": [momentum_state(o) for o in opts],
-                            "generators": [g.get_state() for g in (sample_gen, batch_gen, aug_gen)],
-                            "sampler": sampler.state(), "updates": updates}, it + 1)
-    bar.close()
+        loop.postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{float(syn_lr.detach()):.4g}", upd=updates)
     final = ema if ema_decay > 0 else images
     pixels, clamped = traj.to_pixels(final)
     meta = traj.meta(float(syn_lr.detach()), clamped)

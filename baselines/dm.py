@@ -17,6 +17,7 @@ reference's per-class forward passes). The images are optimised in normalized sp
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -91,11 +92,14 @@ def dm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
                            channels=train.channels, image_size=train.image_size, mean=cfg.dataset.mean,
                            std=cfg.dataset.std)
 
-    every = max(1, iterations // 10)
-    bar = cfg.progress(iterations, f"dm ipc{ipc}")
-    bar.update(start)
+    def snapshot() -> dict[str, Any]:
+        buf = opt.state[z].get("momentum_buffer")
+        return {"syn": z.detach().cpu().clone(),
+                "momentum": buf.detach().cpu().clone() if buf is not None else torch.empty(0),
+                "generator": g.get_state()}
+
     t0 = time.perf_counter()
-    for it in range(start, iterations):
+    for _ in cfg.loop(iterations, f"dm ipc{ipc}", start=start, snapshot=snapshot):
         net = frozen(seeded(build, draw_seed(g)).to(device)).train()
         seeds = [draw_seed(g) for _ in range(num_classes)]
         idx = [sampler.indices(c, batch_real) for c in range(num_classes)]
@@ -103,15 +107,6 @@ def dm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
                        class_slices(z, ipc), num_classes, seeds, aug,
                        max_batch=int(p.get("max_batch", 0)))
         image_step(opt, loss, z)
-        bar.update(1)
-        done = it + 1
-        if done % every == 0 and done < iterations:
-            buf = opt.state[z].get("momentum_buffer")
-            cfg.checkpoint({"syn": z.detach().cpu().clone(),
-                            "momentum": buf.detach().cpu().clone() if buf is not None
-                            else torch.empty(0),
-                            "generator": g.get_state()}, done)
-    bar.close()
     x = norm.inverse(z.detach()).clamp(0, 1).cpu()
     return DistilledSet(x, labels, {"iterations": iterations,
                                     "seconds": round(time.perf_counter() - t0, 2)})

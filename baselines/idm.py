@@ -28,6 +28,7 @@ from rome_bench import DistilledSet, register_method
 from rome_bench.data.datasets import ImageSet
 from rome_bench.methods.contract import MethodConfig
 from rome_bench.methods.distribution_matching import (
+    PAPER_PER_IPC,
     ClassTerms,
     QueueMatchingConfig,
     mean_embedding_loss,
@@ -55,10 +56,7 @@ QUICK = {"iterations": 5, "batch_real": 16, "net_num": 3, "initial_nets": 2,
          "net_generate_interval": 2, "fetch_net_num": 1, "model_train_steps": 1,
          "trained_bs": 64, "meter_reset_interval": 0}
 BUDGETS = {
-    "paper": {"all": PAPER,
-              1: {"ce_weight": 0.5, "batch_real": 5000, "net_generate_interval": 5},
-              10: {"ce_weight": 0.5},
-              50: {"ce_weight": 0.1, "meter_reset_interval": 500}},
+    "paper": {"all": PAPER, **PAPER_PER_IPC},
     "cpu": {"all": {**PAPER, **CPU},
             1: {"ce_weight": 0.5, "iterations": 250, "batch_real": 128, "net_num": 3,
                 "net_generate_interval": 2, "meter_reset_interval": 6},

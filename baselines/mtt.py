@@ -47,7 +47,6 @@ CIFAR-100 uses :data:`CIFAR100_PAPER` at the paper preset.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,6 +249,62 @@ def set_momentum_state(opt: torch.optim.Optimizer, state: list[torch.Tensor]) ->
         opt.state[p]["momentum_buffer"] = state[0].to(p.device).clone()
 
 
+@dataclass
+class LoopState:
+    """What an MTT-style distillation checkpoints and restores: the synthetic tensors (restored
+    in place), the learned lr, the optimizers' momenta, the random generators and the expert
+    sampler. DATM adds its labels and counters through the same object."""
+
+    tensors: dict[str, torch.Tensor]
+    syn_lr: torch.Tensor
+    optimizers: tuple[torch.optim.Optimizer, ...]
+    generators: tuple[torch.Generator, ...]
+    sampler: ExpertSampler
+
+    def snapshot(self, **counters: int) -> dict[str, Any]:
+        return {**{k: t.detach().cpu().clone() for k, t in self.tensors.items()},
+                "syn_lr": float(self.syn_lr.detach()),
+                "momentum": [momentum_state(o) for o in self.optimizers],
+                "generators": [g.get_state() for g in self.generators],
+                "sampler": self.sampler.state(), **counters}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k, t in self.tensors.items():
+                t.copy_(state[k].to(t.device))
+            self.syn_lr.fill_(float(state["syn_lr"]))
+        for opt, mom in zip(self.optimizers, state["momentum"]):
+            set_momentum_state(opt, mom)
+        for g, s in zip(self.generators, state["generators"]):
+            g.set_state(s)
+        self.sampler.load(state["sampler"])
+
+    def segment_loss(self, traj: Trajectories, labels: torch.Tensor, window: tuple[int, int],
+                     params: dict[str, Any]) -> torch.Tensor:
+        """One matching step's loss: draw an expert and a start epoch in ``window`` (``[low,
+        high)``), unroll the student from that snapshot on the synthetic images for
+        ``syn_steps``, and compare it with the expert ``expert_epochs`` later."""
+        sample_gen, batch_gen, aug_gen = self.generators
+        device = self.syn_lr.device
+        expert = traj.experts[self.sampler.next()]
+        t = int(torch.randint(window[0], window[1], (1,), generator=sample_gen))
+        start = expert[t].to(device)
+        target = expert[t + int(params["expert_epochs"])].to(device)
+        student = unrolled_student(traj, self.tensors["images"], labels, self.syn_lr, start,
+                                   int(params["syn_steps"]), params.get("batch_syn"), batch_gen,
+                                   aug_gen)
+        return matching_loss(student, start, target)
+
+    def resume(self, cfg: MethodConfig, counter: str) -> tuple[int, int]:
+        """Restore the last checkpoint if there is one: (iteration to resume at, ``counter``)."""
+        resumed = cfg.resume()
+        if resumed is None:
+            return 0, 0
+        saved, start = resumed
+        self.restore(saved)
+        return start, int(saved[counter])
+
+
 class ExpertSampler:
     """Walks the experts in a random order, reshuffling after every full pass (seeded)."""
 
@@ -285,7 +340,6 @@ def mtt(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     traj = load_trajectories(train, cfg, params)
     device = cfg.device
     iterations = int(params["iterations"])
-    syn_steps, expert_epochs = int(params["syn_steps"]), int(params["expert_epochs"])
     max_start = int(params["max_start_epoch"])
 
     idx = real_init(train, ipc, cfg.seed)
@@ -297,30 +351,13 @@ def mtt(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
     sample_gen, batch_gen, aug_gen = cfg.generator(1), cfg.generator(2), cfg.generator(3)
     sampler = ExpertSampler(len(traj.experts), sample_gen)
 
-    start_it, skipped = 0, 0
-    resumed = cfg.resume()
-    if resumed is not None:
-        state, start_it = resumed
-        with torch.no_grad():
-            images.copy_(state["images"].to(device))
-            syn_lr.fill_(float(state["syn_lr"]))
-        set_momentum_state(opt_img, state["mom_img"])
-        set_momentum_state(opt_lr, state["mom_lr"])
-        for g, s in zip((sample_gen, batch_gen, aug_gen), state["generators"]):
-            g.set_state(s)
-        sampler.load(state["sampler"])
-        skipped = int(state["skipped"])
-    every = max(1, math.ceil(iterations / 10))
-    bar = cfg.progress(iterations, f"mtt ipc{ipc}")
-    bar.update(start_it)
-    for it in range(start_it, iterations):
-        expert = traj.experts[sampler.next()]
-        t = int(torch.randint(0, max_start, (1,), generator=sample_gen))
-        start = expert[t].to(device)
-        target = expert[t + expert_epochs].to(device)
-        student = unrolled_student(traj, images, labels, syn_lr, start, syn_steps,
-                                   params.get("batch_syn"), batch_gen, aug_gen)
-        loss = matching_loss(student, start, target)
+    state = LoopState({"images": images}, syn_lr, (opt_img, opt_lr),
+                      (sample_gen, batch_gen, aug_gen), sampler)
+    start_it, skipped = state.resume(cfg, "skipped")
+    loop = cfg.loop(iterations, f"mtt ipc{ipc}", start=start_it,
+                    snapshot=lambda: state.snapshot(skipped=skipped))
+    for _ in loop:
+        loss = state.segment_loss(traj, labels, (0, max_start), params)
         opt_img.zero_grad(set_to_none=True)
         opt_lr.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
@@ -329,14 +366,7 @@ def mtt(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
             opt_lr.step()
         else:  # a diverged unroll would poison both tensors; the reference has no guard
             skipped += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{float(syn_lr.detach()):.4g}")
-        if (it + 1) % every == 0 and it + 1 < iterations:
-            cfg.checkpoint({"images": images.detach().cpu().clone(), "syn_lr": float(syn_lr.detach()),
-                            "mom_img": momentum_state(opt_img), "mom_lr": momentum_state(opt_lr),
-                            "generators": [g.get_state() for g in (sample_gen, batch_gen, aug_gen)],
-                            "sampler": sampler.state(), "skipped": skipped}, it + 1)
-    bar.close()
+        loop.postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{float(syn_lr.detach()):.4g}")
     pixels, clamped = traj.to_pixels(images)
     meta = traj.meta(float(syn_lr.detach()), clamped)
     meta["skipped_iterations"] = skipped

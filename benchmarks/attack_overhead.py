@@ -61,7 +61,7 @@ def main() -> None:
                                std=CIFAR10_STD)
     test = take_test_subset(load_dataset("cifar10-mini", "test"), args.images)
     x, y = test.images, test.labels
-    overrides_by_name = {} if args.paper else PRESETS.get("quick").attack_overrides
+    overrides_by_name = {} if args.paper else PRESETS.get("quick").attacks.overrides
     total_ours = total_bare = 0.0
     print(f"{len(x)} images, checkpoint {args.checkpoint.name}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} alternating rounds per row")

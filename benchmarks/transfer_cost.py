@@ -53,7 +53,7 @@ def main() -> None:
     test = take_test_subset(load_dataset("cifar10-mini", "test"), args.images)
     x, y = test.images, test.labels
     specs = [ATTACKS.get(a) for a in args.attacks.split(",")]
-    overrides = {} if args.paper else PRESETS.get("quick").attack_overrides
+    overrides = {} if args.paper else PRESETS.get("quick").attacks.overrides
     surrogate = models[0]
     print(f"{len(x)} images, surrogate {surrogate.name}, attacks {args.attacks} (untargeted), "
           f"{torch.get_num_threads()} threads, best of {args.repeats}")

@@ -399,7 +399,7 @@ def list_(what: str) -> None:
             p = e.obj
             click.echo(f"{p.name}: {p.description}\n  dataset {p.dataset}, IPC "
                        f"{','.join(map(str, p.ipcs))}, {p.repeats} model(s) per cell, test images "
-                       f"{p.test_subset or 'all'}\n  scaled: {p.scaled}\n")
+                       f"{p.attacks.test_subset or 'all'}\n  scaled: {p.scaled}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,15 +53,15 @@ def tiny_images():
 
 def register_unit_preset() -> None:
     """A tiny preset for pipeline tests (3 epochs, 20 test images): exercises every stage fast."""
-    from rome_bench.pipeline.presets import PRESETS, Preset
+    from rome_bench.pipeline.presets import PRESETS, AttackBudget, Preset, RetrainBudget
 
     if "unit" in PRESETS:
         return
     PRESETS.add("unit", Preset(
         name="unit", description="test-only", scaled="everything (tests)", dataset="cifar10-mini",
-        ipcs=(1, 2), repeats=1, test_subset=20, retrain_epochs={1: 3}, retrain_epochs_noaug={1: 3},
-        full_epochs=1, attack_overrides={"CW": {"steps": 2}, "DeepFool": {"steps": 2},
-                                         "AutoAttack": {"square_queries": 10}}))
+        ipcs=(1, 2), repeats=1, retrain=RetrainBudget(epochs={1: 3}, epochs_noaug={1: 3}, full=1),
+        attacks=AttackBudget(test_subset=20, overrides={
+            "CW": {"steps": 2}, "DeepFool": {"steps": 2}, "AutoAttack": {"square_queries": 10}})))
 
 
 register_unit_preset()

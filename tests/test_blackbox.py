@@ -11,7 +11,7 @@ from rome_bench.core.records import Record
 from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD, load_dataset, take_test_subset
 from rome_bench.models.convnet import load_dc_checkpoint
 from rome_bench.pipeline import runner as pipeline
-from rome_bench.pipeline.presets import PRESETS, Preset
+from rome_bench.pipeline.presets import PRESETS, AttackBudget, Preset, RetrainBudget
 from rome_bench.reporting.figures import transfer_matrix
 
 POOL_METHODS = ("DC", "DM", "MTT")
@@ -19,10 +19,10 @@ POOL_METHODS = ("DC", "DM", "MTT")
 if "unit-bb" not in PRESETS:  # the unit preset with query budgets small enough for a test
     PRESETS.add("unit-bb", Preset(
         name="unit-bb", description="test-only", scaled="everything (tests)",
-        dataset="cifar10-mini", ipcs=(1,), repeats=1, test_subset=20, retrain_epochs={1: 2},
-        retrain_epochs_noaug={1: 2}, full_epochs=1,
-        attack_overrides={"CW": {"steps": 2}, "Square": {"n_queries": 10},
-                          "SPSA": {"nb_sample": 8}}))
+        dataset="cifar10-mini", ipcs=(1,), repeats=1,
+        retrain=RetrainBudget(epochs={1: 2}, epochs_noaug={1: 2}, full=1),
+        attacks=AttackBudget(test_subset=20, overrides={
+            "CW": {"steps": 2}, "Square": {"n_queries": 10}, "SPSA": {"nb_sample": 8}})))
 
 
 def pool_path(pool_dir, method):

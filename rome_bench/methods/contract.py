@@ -12,7 +12,7 @@ through the entry-point group ``rome_bench.methods``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,3 +129,44 @@ class MethodConfig:
     def progress(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, disable=not self.show_progress, leave=False,
                     dynamic_ncols=True)
+
+    def loop(self, total: int, desc: str, *, start: int = 0,
+             snapshot: Callable[[], dict[str, Any]]) -> ResumableLoop:
+        """The iterations ``start..total-1`` of a long method, with a progress bar and a
+        checkpoint (``snapshot()`` passed to :attr:`checkpoint`) about every 10% of them.
+
+        The method restores its state from :attr:`resume` before the loop and passes the
+        iteration it resumed at as ``start``; the loop does the rest the same way for every
+        method (the resume is exact only if ``snapshot`` holds everything the next iteration
+        reads, random generators included).
+        """
+        return ResumableLoop(self, total, desc, start, snapshot)
+
+
+@dataclass
+class ResumableLoop:
+    """Iterate with :meth:`MethodConfig.loop`; :meth:`postfix` annotates the progress bar."""
+
+    cfg: MethodConfig
+    total: int
+    desc: str
+    start: int
+    snapshot: Callable[[], dict[str, Any]]
+    _bar: tqdm | None = field(default=None, repr=False)
+
+    def __iter__(self) -> Iterator[int]:
+        every = max(1, self.total // 10)
+        with self.cfg.progress(self.total, self.desc) as bar:
+            self._bar = bar
+            bar.update(self.start)
+            for it in range(self.start, self.total):
+                yield it
+                bar.update(1)
+                done = it + 1
+                if done % every == 0 and done < self.total:
+                    self.cfg.checkpoint(self.snapshot(), done)
+
+    def postfix(self, **values: Any) -> None:
+        """Show ``values`` (e.g. the current loss) next to the progress bar."""
+        if self._bar is not None:
+            self._bar.set_postfix(**values)

@@ -267,6 +267,16 @@ ClassLoss = Callable[[ClassTerms, "QueueMatchingConfig"], torch.Tensor]
 RealTransform = Callable[[Classifier, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# The per-IPC settings of IDM's reference commands on CIFAR-10 (IDM's command.txt), which
+# ROME's command.txt repeats: ce_weight 0.5/0.5/0.1; IPC 1 matches against the whole class
+# (batch_real 5000) with a new net every 5 iterations; the meter reset follows eval_interval
+# (100, or 500 at IPC 50). As a budgets table: ``{"all": ..., **PAPER_PER_IPC}``.
+PAPER_PER_IPC: dict[int, dict[str, Any]] = {
+    1: {"ce_weight": 0.5, "batch_real": 5000, "net_generate_interval": 5},
+    10: {"ce_weight": 0.5},
+    50: {"ce_weight": 0.1, "meter_reset_interval": 500}}
+
+
 @dataclass(frozen=True)
 class QueueMatchingConfig:
     """Hyperparameters of :func:`queue_matching` (defaults: IDM/BACON/ROME CIFAR-10 IPC 10).
@@ -360,11 +370,14 @@ def queue_matching(train: ImageSet, ipc: int, cfg: Any, class_loss: ClassLoss, *
     if resumed is not None and state["momentum"].numel():
         opt.state[z]["momentum_buffer"] = state["momentum"].to(device).clone()
 
-    every = max(1, s.iterations // 10)
-    bar = cfg.progress(s.iterations, desc)
-    bar.update(start)
+    def snapshot() -> dict[str, Any]:
+        buf = opt.state[z].get("momentum_buffer")
+        return {"syn": z.detach().cpu().clone(),
+                "momentum": buf.detach().cpu().clone() if buf is not None else torch.empty(0),
+                "generator": g.get_state(), "queue": queue.state_dict()}
+
     t0 = time.perf_counter()
-    for it in range(start, s.iterations):
+    for it in cfg.loop(s.iterations, desc, start=start, snapshot=snapshot):
         if s.meter_reset_interval and it > 0 and it % s.meter_reset_interval == 0:
             queue.reset_meters()
         queue.step(it)
@@ -389,15 +402,6 @@ def queue_matching(train: ImageSet, ipc: int, cfg: Any, class_loss: ClassLoss, *
             loss = class_loss(ClassTerms(c, real[c], feats, logits, lab, weight, net), s)
             image_step(opt, loss, z)
         queue.train(x_train, y_train)
-        bar.update(1)
-        done = it + 1
-        if done % every == 0 and done < s.iterations:
-            buf = opt.state[z].get("momentum_buffer")
-            cfg.checkpoint({"syn": z.detach().cpu().clone(),
-                            "momentum": buf.detach().cpu().clone() if buf is not None
-                            else torch.empty(0),
-                            "generator": g.get_state(), "queue": queue.state_dict()}, done)
-    bar.close()
     return expanded_distilled_set(z, labels, spec.mean, spec.std, s.factor,
                                   meta={"iterations": s.iterations,
                                         "seconds": round(time.perf_counter() - t0, 2)})

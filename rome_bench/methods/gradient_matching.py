@@ -351,10 +351,15 @@ def distill_gradient_matching(train: ImageSet, ipc: int, cfg: MethodConfig, use_
             opt_img.state[syn]["momentum_buffer"] = state["momentum"].to(device)
         gen.set_state(state["generator"])
 
-    every = max(1, iterations // 10)
-    bar = cfg.progress(iterations, "DSA" if use_dsa else "DC")
-    bar.update(start)
-    for it in range(start, iterations):
+    def snapshot() -> dict[str, Any]:
+        state: dict[str, Any] = {"syn": syn.detach().cpu().clone(), "generator": gen.get_state()}
+        buf = opt_img.state[syn].get("momentum_buffer")
+        if buf is not None:
+            state["momentum"] = buf.detach().cpu().clone()
+        return state
+
+    loop = cfg.loop(iterations, "DSA" if use_dsa else "DC", start=start, snapshot=snapshot)
+    for _ in loop:
         net = matching_net(n_cls, train.channels, train.image_size, _draw_seed(gen),
                            arch).to(device)
         net.train()
@@ -368,17 +373,7 @@ def distill_gradient_matching(train: ImageSet, ipc: int, cfg: MethodConfig, use_
             if ol == outer_loop - 1:
                 break
             train_net_on(net, syn, labels, inner_loop, lr_net, batch_train, gen, aug, chunk)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.2f}")
-        done = it + 1
-        if done % every == 0 and done < iterations:
-            state: dict[str, Any] = {"syn": syn.detach().cpu().clone(),
-                                     "generator": gen.get_state()}
-            buf = opt_img.state[syn].get("momentum_buffer")
-            if buf is not None:
-                state["momentum"] = buf.detach().cpu().clone()
-            cfg.checkpoint(state, done)
-    bar.close()
+        loop.postfix(loss=f"{float(loss.detach()):.2f}")
     images = (syn.detach().cpu() * std + mean).clamp(0, 1)
     return DistilledSet(images, labels.cpu(), {"final_loss": float(loss.detach()),
                                                "outer_loop": outer_loop, "inner_loop": inner_loop})

@@ -71,6 +71,7 @@ from rome_bench.data.datasets import ImageSet
 from rome_bench.data.distilled import DistilledSet
 from rome_bench.methods.contract import MethodConfig, register_method, resolve_budget
 from rome_bench.methods.distribution_matching import (
+    PAPER_PER_IPC,
     ClassTerms,
     Normalizer,
     QueueMatchingConfig,
@@ -113,10 +114,7 @@ QUICK = {"iterations": 3, "batch_real": 8, "net_num": 3, "initial_nets": 2,
          "net_generate_interval": 3, "fetch_net_num": 1, "model_train_steps": 1, "trained_bs": 16,
          "meter_reset_interval": 0}
 BUDGETS = {
-    "paper": {"all": PAPER,
-              1: {"ce_weight": 0.5, "batch_real": 5000, "net_generate_interval": 5},
-              10: {"ce_weight": 0.5},
-              50: {"ce_weight": 0.1, "meter_reset_interval": 500}},
+    "paper": {"all": PAPER, **PAPER_PER_IPC},
     "cpu": {"all": {**PAPER, **CPU},
             1: {"ce_weight": 0.5, "iterations": 120, "net_generate_interval": 8},
             10: {"ce_weight": 0.5},

@@ -123,8 +123,8 @@ class Plan:
         for c in self.cells:
             ipc = "whole train set" if c.ipc == 0 else f"IPC {c.ipc}"
             entry = METHODS.entry(c.method)
-            epochs = (self.preset.full_epochs if entry.meta.get("ipc_independent")
-                      else self.preset.epochs(c.ipc, entry.meta.get("retrain_augment", True)))
+            epochs = (self.preset.retrain.full if entry.meta.get("ipc_independent")
+                      else self.preset.retrain.for_ipc(c.ipc, entry.meta.get("retrain_augment", True)))
             budget = ", ".join(f"{k}={v}" for k, v in sorted(c.params.items()) if k != "path")
             lines.append(f"    {c.label or c.method:<14} {ipc:<16} retrain {epochs} epochs"
                          + (f" | {budget}" if budget else ""))
@@ -207,8 +207,7 @@ def plan_run(config: RunConfig) -> Plan:
             cells.append(Cell(name, -1, params, label))  # IPC read from the file
         else:
             cells.extend(Cell(name, ipc, {**resolve_budget(entry.meta.get("budgets", {}),
-                                                            preset.name, ipc),
-                                          **preset.params_for(name, ipc), **params}, label)
+                                                            preset.name, ipc), **params}, label)
                          for ipc in ipcs)
     attack_specs = attacks_mod.parse_attacks(config.attacks)
     modes = attacks_mod.parse_modes(config.modes)
@@ -216,7 +215,7 @@ def plan_run(config: RunConfig) -> Plan:
     settings = blackbox.parse_settings(config.settings)
     if "transfer" in settings:
         blackbox.transfer_specs(attack_specs, config.attacks is not None)
-    n_test = config.test_subset if config.test_subset is not None else preset.test_subset
+    n_test = config.test_subset if config.test_subset is not None else preset.attacks.test_subset
     if n_test is not None and n_test <= 0:
         raise PlanError("--test-subset must be positive")
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,8 +3,8 @@
 ``paper`` is the published protocol (a GPU job). ``cpu`` and ``quick`` keep every algorithm
 and every attack but scale budgets; each preset states what it scales in ``scaled``, which
 ``rome-bench list presets`` prints and every record carries through its ``preset`` field.
-Per-method budgets live in ``method_params`` (filled in by the methods' issues), keyed by method
-name and then ``"all"`` or an IPC.
+Per-method distillation budgets are declared where each method is registered (its
+``budgets``); a preset holds what every method shares: the retraining and attack budgets.
 """
 
 from __future__ import annotations
@@ -13,6 +13,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rome_bench.core.registry import Registry
+
+
+@dataclass(frozen=True)
+class RetrainBudget:
+    """Retraining epochs per IPC (the nearest listed IPC when one is missing), with DSA
+    augmentation and without it (plain DC), and for the whole training set."""
+
+    epochs: dict[int, int]
+    epochs_noaug: dict[int, int]
+    full: int
+
+    def for_ipc(self, ipc: int, augment: bool) -> int:
+        table = self.epochs if augment else self.epochs_noaug
+        if ipc in table:
+            return table[ipc]
+        return table[min(table, key=lambda k: (abs(k - ipc), k))]
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """Which test images are attacked and how hard: a class-balanced subset (None = all), the
+    per-attack parameter overrides of scaled presets, and the attack batch size."""
+
+    test_subset: int | None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_size: int = 500
 
 
 @dataclass(frozen=True)
@@ -25,28 +51,8 @@ class Preset:
     dataset: str
     ipcs: tuple[int, ...]
     repeats: int
-    test_subset: int | None
-    retrain_epochs: dict[int, int]
-    retrain_epochs_noaug: dict[int, int]
-    full_epochs: int
-    attack_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    attack_batch_size: int = 500
-    method_params: dict[str, dict[Any, dict[str, Any]]] = field(default_factory=dict)
-
-    def epochs(self, ipc: int, augment: bool) -> int:
-        """Retraining epochs for a set of ``ipc`` images per class (nearest listed IPC)."""
-        table = self.retrain_epochs if augment else self.retrain_epochs_noaug
-        if ipc in table:
-            return table[ipc]
-        nearest = min(table, key=lambda k: (abs(k - ipc), k))
-        return table[nearest]
-
-    def params_for(self, method: str, ipc: int) -> dict[str, Any]:
-        """The method's hyperparameters at this preset: ``"all"`` merged with the IPC's entry."""
-        table = self.method_params.get(method, {})
-        out = dict(table.get("all", {}))
-        out.update(table.get(ipc, {}))
-        return out
+    retrain: RetrainBudget
+    attacks: AttackBudget
 
 
 PRESETS: Registry[Preset] = Registry("preset")
@@ -59,11 +65,9 @@ PRESETS.add("paper", Preset(
     dataset="cifar10",
     ipcs=(1, 10, 50),
     repeats=5,
-    test_subset=None,
-    retrain_epochs={1: 1000, 10: 1000, 50: 1000},
-    retrain_epochs_noaug={1: 300, 10: 300, 50: 300},
-    full_epochs=100,
-    attack_batch_size=500,
+    retrain=RetrainBudget(epochs={1: 1000, 10: 1000, 50: 1000},
+                          epochs_noaug={1: 300, 10: 300, 50: 300}, full=100),
+    attacks=AttackBudget(test_subset=None),
 ), description="published protocol (GPU job)")
 
 PRESETS.add("cpu", Preset(
@@ -82,13 +86,11 @@ PRESETS.add("cpu", Preset(
     # 200, not 1000: the white-box suite under both threat models costs about 2.5-4 CPU-s per
     # image per model here (beard-compat's weak attacks leave many images for AutoAttack's
     # Square), so --method all (63 models) at 1000 images would be ~68 CPU-hours of attacks.
-    test_subset=200,
-    retrain_epochs={1: 300, 10: 150, 50: 50},
-    retrain_epochs_noaug={1: 300, 10: 100, 50: 30},
-    full_epochs=10,
-    attack_overrides={"CW": {"steps": 30}, "DeepFool": {"steps": 20},
-                      "AutoAttack": {"square_queries": 1000}, "Square": {"n_queries": 1000}},
-    attack_batch_size=500,
+    retrain=RetrainBudget(epochs={1: 300, 10: 150, 50: 50},
+                          epochs_noaug={1: 300, 10: 100, 50: 30}, full=10),
+    attacks=AttackBudget(test_subset=200, overrides={
+        "CW": {"steps": 30}, "DeepFool": {"steps": 20}, "AutoAttack": {"square_queries": 1000},
+        "Square": {"n_queries": 1000}}),
 ), description="scaled for 2 CPU cores (hours)")
 
 PRESETS.add("quick", Preset(
@@ -111,14 +113,11 @@ PRESETS.add("quick", Preset(
     dataset="cifar10-mini",
     ipcs=(1,),
     repeats=1,
-    test_subset=50,
-    retrain_epochs={1: 150, 10: 40, 50: 15},
-    retrain_epochs_noaug={1: 150, 10: 30, 50: 10},
-    full_epochs=5,
-    attack_overrides={"CW": {"steps": 10}, "DeepFool": {"steps": 3},
-                      "AutoAttack": {"square_queries": 500}, "Square": {"n_queries": 200},
-                      "SPSA": {"nb_sample": 32}},
-    attack_batch_size=500,
+    retrain=RetrainBudget(epochs={1: 150, 10: 40, 50: 15},
+                          epochs_noaug={1: 150, 10: 30, 50: 10}, full=5),
+    attacks=AttackBudget(test_subset=50, overrides={
+        "CW": {"steps": 10}, "DeepFool": {"steps": 3}, "AutoAttack": {"square_queries": 500},
+        "Square": {"n_queries": 200}, "SPSA": {"nb_sample": 32}}),
 ), description="embedded subset, IPC 1, under 10 minutes (default)")
 
 DEFAULT_PRESET = "quick"

@@ -144,9 +144,9 @@ def transfer_records(plan: Plan, cache: Cache, images: torch.Tensor, labels: tor
     for (ipc, repeat), group in sorted(groups.items()):
         results = blackbox.transfer_study(
             group, images, labels, specs, plan.modes, plan.threat_models,
-            num_classes=plan.dataset.num_classes, batch_size=plan.preset.attack_batch_size,
+            num_classes=plan.dataset.num_classes, batch_size=plan.preset.attacks.batch_size,
             device=plan.device, seed=plan.config.seed,
-            overrides=lambda name: plan.preset.attack_overrides.get(name, {}), cache=cache,
+            overrides=lambda name: plan.preset.attacks.overrides.get(name, {}), cache=cache,
             context=context, fresh=plan.config.fresh, show_progress=plan.config.show_progress)
         records.extend(Record(
             run_id=plan.run_id, method=r.victim, dataset=plan.dataset.name, ipc=ipc,

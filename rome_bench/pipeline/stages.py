@@ -116,9 +116,9 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
     # IDM's hold 4 sub-images per stored image)
     budget_ipc = cell.ipc if cell.ipc > 0 else distilled.ipc
     if entry.meta.get("ipc_independent"):
-        epochs = plan.preset.full_epochs
+        epochs = plan.preset.retrain.full
     else:
-        epochs = plan.preset.epochs(budget_ipc, augment)
+        epochs = plan.preset.retrain.for_ipc(budget_ipc, augment)
     cfg = train_mod.TrainConfig(epochs=epochs, lr=float(distilled.meta.get("lr", 0.01)),
                                 augment=augment,
                                 batch_size=int(distilled.meta.get("retrain_batch_size", 256)))
@@ -162,7 +162,7 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
 def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpec | None, mode: str,
             threat_model: str, plan: Plan, cache: Cache) -> dict[str, Any]:
     """One measurement (clean when ``attack`` is None), cached by model, attack and test set."""
-    overrides = plan.preset.attack_overrides.get(attack.name, {}) if attack else {}
+    overrides = plan.preset.attacks.overrides.get(attack.name, {}) if attack else {}
     key = content_key(stage="measure", model=model_key, attack=attack.name if attack else "clean",
                       params=attack.params if attack else None, overrides=overrides, mode=mode,
                       threat=threat_model, test=plan.test_subset, dataset=plan.dataset.name,
@@ -174,11 +174,11 @@ def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpe
         return cached
     if attack is None:
         res = clean_accuracy(model, test.images, test.labels, threat_model=threat_model,
-                             batch_size=plan.preset.attack_batch_size, device=plan.device)
+                             batch_size=plan.preset.attacks.batch_size, device=plan.device)
     else:
         res = run_attack(attack, model, test.images, test.labels, mode=mode,
                          threat_model=threat_model, num_classes=plan.dataset.num_classes,
-                         batch_size=plan.preset.attack_batch_size, device=plan.device,
+                         batch_size=plan.preset.attacks.batch_size, device=plan.device,
                          seed=plan.config.seed, overrides=overrides)
     out = {"attack": res.attack, "mode": res.mode, "accuracy": res.accuracy,
            "seconds": res.seconds, "n_images": res.n_images, "eps": res.eps}
