@@ -2,7 +2,7 @@
 
 Learns ``ipc`` synthetic images per class (initialised from random real images) whose
 cross-entropy gradients on fresh, partly trained ConvNets match those of real batches, layer by
-layer (see :mod:`rome_bench.gradient_matching` for the loop and the normalized-space
+layer (see :mod:`rome_bench.methods.gradient_matching` for the loop and the normalized-space
 convention). Retraining follows the DC protocol: no augmentation (300 epochs at ``paper``).
 Output: (ipc * classes, C, H, W) images in [0,1], class-contiguous hard labels.
 """

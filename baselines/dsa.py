@@ -1,6 +1,6 @@
 """``dsa``: gradient matching with Differentiable Siamese Augmentation (Zhao & Bilen, ICML 2021).
 
-DC's gradient matching (:mod:`rome_bench.gradient_matching`) where, for every class, the real
+DC's gradient matching (:mod:`rome_bench.methods.gradient_matching`) where, for every class, the real
 and the synthetic batch pass through the same random DSA transform (one fresh seed per class,
 shared by both batches; strategy ``color_crop_cutout_flip_scale_rotate``), and the inner network
 training augments every synthetic image independently. Initialised from random real images.

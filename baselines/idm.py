@@ -6,7 +6,7 @@ Reference: uitrbn/IDM ``IDM_cifar10.py`` with the flags of its ``command.txt``. 
   capacity ``net_num``, a new net every ``net_generate_interval`` iterations, ``fetch_net_num``
   nets trained ``model_train_steps`` steps per iteration on real batches) replaces the fresh
   random net; one queue net is sampled per iteration;
-* partitioning and expansion (:mod:`rome_bench.factorized`): each stored image holds four
+* partitioning and expansion (:mod:`rome_bench.methods.factorized`): each stored image holds four
   half-resolution sub-images, upsampled to four training images; initialised as mosaics of
   four downscaled real images;
 * class-aware regularisation: per class, ``ce_weight * acc * CE(net(syn), c)`` with ``acc``

@@ -10,7 +10,7 @@ to where the expert was ``expert_epochs`` later:
 
 Gradients flow through every unrolled step (the whole graph is kept) into the images and the
 learning rate; both are updated with SGD, momentum 0.5 (``lr_img``, ``lr_lr``). Experts come from
-the shared, cached buffer of :mod:`rome_bench.experts` (generated on demand).
+the shared, cached buffer of :mod:`rome_bench.methods.experts` (generated on demand).
 
 Spaces and the [0,1] convention. The reference learns its images in the space the network
 sees: normalized pixels, or ZCA-whitened pixels when ``zca`` is on (kornia eps 0.1, fitted on

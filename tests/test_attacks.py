@@ -18,10 +18,8 @@ from rome_bench.models.convnet import build_model, load_dc_checkpoint
 
 
 @pytest.fixture(scope="module")
-def dc_model():
-    from conftest import POOL
-
-    path = next(POOL.glob("DC_*.pth"))
+def dc_model(pool_dir):
+    path = next(pool_dir.glob("DC_*.pth"))
     return load_dc_checkpoint(path, "convnet", num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
 

@@ -30,19 +30,15 @@ def pool_path(pool_dir, method):
 
 
 @pytest.fixture(scope="module")
-def pool_models():
-    from conftest import POOL
-
+def pool_models(pool_dir):
     return [TransferModel(m, f"key-{m}", load_dc_checkpoint(
-        pool_path(POOL, m), "convnet", num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD), 50)
+        pool_path(pool_dir, m), "convnet", num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD), 50)
         for m in POOL_METHODS]
 
 
 @pytest.fixture(scope="module")
-def real_images():
-    from conftest import CIFAR10
-
-    test = take_test_subset(load_dataset("cifar10", "test", CIFAR10), 20)
+def real_images(cifar10_root):
+    test = take_test_subset(load_dataset("cifar10", "test", cifar10_root), 20)
     return test.images, test.labels
 
 

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import textwrap
@@ -69,23 +70,35 @@ def test_entry_point_discovery(monkeypatch):
     assert loaded == [True]
 
 
-def test_one_file_plugin_in_baselines_is_discovered():
-    """A contributor's only edit is a new file in baselines/ (checked through the real CLI)."""
+def test_one_file_plugin_in_baselines_is_discovered_and_tabulated(tmp_path):
+    """A contributor's only edit is a new file in baselines/ (checked through the real CLI): it is
+    listed, and its row in the run's table carries its display name at its declared place."""
     name = f"zz_probe_{uuid.uuid4().hex[:6]}"
     plugin = REPO / "baselines" / f"{name}.py"
     plugin.write_text(textwrap.dedent(f'''
         import torch
         from rome_bench import DistilledSet, register_method
 
-        @register_method("{name.replace('_', '-')}", description="first images")
+        @register_method("{name.replace('_', '-')}", display="Probe {name[-6:]}", order=0,
+                         description="first images")
         def probe(train, ipc, cfg):
             idx = torch.cat([train.indices_of(c)[:ipc] for c in range(train.num_classes)])
             return DistilledSet(images=train.images[idx], labels=train.labels[idx])
     '''))
+    env = {**os.environ, "ROME_BENCH_CACHE": str(tmp_path / "cache")}
     try:
         out = subprocess.run([sys.executable, "-m", "rome_bench.cli", "list", "methods"],
                              capture_output=True, text=True, cwd=REPO, check=True).stdout
         assert name.replace("_", "-") in out
         assert "first images" in out
+        run = subprocess.run([sys.executable, "-m", "rome_bench.cli", "run", "--method",
+                              f"random,{name.replace('_', '-')}", "--attacks", "FGSM", "--quiet",
+                              "--jobs", "1", "--out", str(tmp_path / "run")],
+                             capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert run.returncode == 0, run.stderr
     finally:
         plugin.unlink()
+    rows = [line for line in (tmp_path / "run" / "tables.md").read_text().splitlines()
+            if line.startswith("| CIFAR-10-mini")]
+    table1 = rows[:2]  # the Table-1 layout comes first, then the accuracy table
+    assert [r.split("|")[2].strip() for r in table1] == [f"Probe {name[-6:]}", "Random"]

@@ -1,6 +1,6 @@
 """Black-box settings: transfer attacks (craft on a surrogate, feed every victim) and query attacks.
 
-Three settings, chosen with ``--setting`` (DESIGN section 4):
+Three settings, chosen with ``--setting`` (docs/design.md, "Attacks and threat models"):
 
 ``white-box``
     the attack sees the gradients of the model it attacks (the default suite).

@@ -1,8 +1,9 @@
 """The attack suite over torchattacks 3.5.1, its threat models and targeting.
 
-Each attack is registered once with its paper parameters (DESIGN section 4); a small wrapper,
-:func:`run_attack`, owns eval mode, the input space of the threat model, targeting and timing,
-so an attack entry only says how to build its torchattacks object and which modes it supports.
+Each attack is registered once with its paper parameters (docs/design.md, "Attacks and threat
+models"); a small wrapper, :func:`run_attack`, owns eval mode, the input space of the threat
+model, targeting and timing, so an attack entry only says how to build its torchattacks object
+and which modes it supports.
 
 Threat models:
 
@@ -44,7 +45,7 @@ class AttackSpec:
     """A registered attack.
 
     Attributes:
-        name: the name written in records (as DESIGN section 4 spells it).
+        name: the name written in records (as docs/design.md spells it).
         factory: ``factory(model, **params) -> torchattacks.Attack``.
         params: the paper parameters (pixel units).
         targeted: whether the attack has a targeted mode.

@@ -4,7 +4,7 @@ Keys are hashes of everything that determines a result (method, dataset, IPC, pr
 hyperparameters and a hash of the code that computes it), so a rerun skips finished work, an
 interrupted run resumes where it stopped, and editing a method's file invalidates only its
 own entries. The root is ``$ROME_BENCH_CACHE`` (default ``~/.cache/rome-bench``). Every write is
-atomic (see :mod:`rome_bench.storage`).
+atomic (see :mod:`rome_bench.core.storage`).
 """
 
 from __future__ import annotations

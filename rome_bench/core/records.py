@@ -1,4 +1,5 @@
-"""Tidy records: one JSON line per measurement (model x attack x mode), DESIGN section 6.
+"""Tidy records: one JSON line per measurement (model x attack x mode); the schema is in
+docs/design.md, "Records".
 
 Tables and plots are derived from records only, so any table can be regenerated from a run
 folder. Appends are atomic (the file is rewritten to a temporary file and moved into place),

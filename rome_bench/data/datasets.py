@@ -2,7 +2,7 @@
 
 Every loader returns an :class:`ImageSet` holding float32 NCHW images in **[0,1] pixel space**
 and int64 labels. Normalization constants travel with the dataset spec and become the first
-layer of every model (see :mod:`rome_bench.models`), so no tensor in rome-bench is ever stored
+layer of every model (see :mod:`rome_bench.models.convnet`), so no tensor in rome-bench is ever stored
 normalized.
 
 Formats read:

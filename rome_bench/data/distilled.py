@@ -4,7 +4,7 @@ Own format: ``torch.save({"images", "labels", "meta"})`` with images in [0,1] (N
 labels (N,) int64 or (N,K) soft-label logits, and ``meta`` a dict of plain values. Files are
 always loaded with ``weights_only=True``.
 
-Importers convert the reference repositories' formats (see DESIGN section 2):
+Importers convert the reference repositories' formats (docs/design.md, "Conventions"):
 
 * DC/DSA/DM/BEARD ``{'data': [[images, labels], ...], ...}`` with *normalized* images: pick the
   experiment with ``PATH#k`` (default 0), de-normalize with the dataset constants, clamp;
@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from rome_bench.core.storage import atomic_torch_save
+from rome_bench.core.storage import atomic_torch_save, load_tensor_file
 from rome_bench.data.datasets import DataError, DatasetSpec, validate_images
-from rome_bench.models.convnet import load_tensor_file
 
 
 @dataclass

@@ -10,7 +10,7 @@ gradient decomposition with alpha 0.3) for the "flat" trajectories DATM distils 
 
 Experts see the images in *network space*, the tensor the network itself receives:
 ``Normalize(mean, std)`` of the [0,1] pixels, followed by the ZCA whitening of
-:mod:`rome_bench.zca` when ``zca`` is on. This reproduces the reference, which trains experts
+:mod:`rome_bench.methods.zca` when ``zca`` is on. This reproduces the reference, which trains experts
 on normalized (``_NO_ZCA``) or on ZCA-whitened tensors and applies DSA to those tensors (we use
 :meth:`DSA.augment_normalized`, which is the reference transform on an already-transformed batch).
 
@@ -21,9 +21,9 @@ bias), so one expert is one ``(epochs + 1, P)`` tensor, written atomically to it
 determines the trajectories (dataset and a fingerprint of its training images, which stands in
 for ``data_root``, number of experts, epochs, preset, seed, ZCA, architecture, optimizer, the
 source of the functions here that compute trajectory values and the code of
-:mod:`rome_bench.augment` and :mod:`rome_bench.zca`). Generation resumes per expert: finished files
-are kept and only missing ones are trained. Files are memory-mapped when read, so a 100 x 51
-paper buffer (6.5 GB for CIFAR-10) is not loaded into memory at once.
+:mod:`rome_bench.data.augment` and :mod:`rome_bench.methods.zca`). Generation resumes per
+expert: finished files are kept and only missing ones are trained. Files are memory-mapped when
+read, so a 100 x 51 paper buffer (6.5 GB for CIFAR-10) is not loaded into memory at once.
 
 Presets (:data:`EXPERT_PRESETS`): ``paper`` is the published buffer, 100 experts x 50 epochs on
 the full training set (DATM: 100 epochs with GSAM); ``cpu`` and ``quick`` scale experts, epochs,
@@ -54,11 +54,11 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from rome_bench.core.cache import Cache, code_version, content_key
-from rome_bench.core.storage import atomic_torch_save, atomic_write_json, file_lock
+from rome_bench.core.storage import atomic_torch_save, atomic_write_json, file_lock, load_tensor_file
 from rome_bench.data.augment import DSA
 from rome_bench.data.datasets import DATASETS, DatasetSpec, ImageSet, class_balanced_indices, load_dataset
 from rome_bench.methods import zca as zca_mod
-from rome_bench.models.convnet import ARCHS, ConvNet, LinearTransform, Normalize, load_tensor_file
+from rome_bench.models.convnet import ARCHS, ConvNet, LinearTransform, Normalize
 
 # Expert buffers per preset. "paper": MTT's README buffer (buffer.py --train_epochs=50
 # --num_experts=100, lr_teacher 0.01, batch 256, DSA); DATM's paper buffer is the same with

@@ -21,7 +21,7 @@ The loop (reference: VICO-UoE/DatasetCondensation ``main.py``; see :func:`distil
 mean/std and its ``lr_img`` acts on those values. To keep the published learning rates
 meaningful, the learnable tensor here is ``z = (x - mean) / std``, the network used for matching
 is the bare ConvNet (``Classifier.net``) fed normalized tensors, and DSA runs in normalized space
-(:meth:`~rome_bench.augment.DSA.augment_normalized`), exactly as the reference does. The result
+(:meth:`~rome_bench.data.augment.DSA.augment_normalized`), exactly as the reference does. The result
 returned is ``x = z * std + mean`` clamped to [0,1], rome-bench's storage convention.
 
 **Batched classes.** The reference runs one forward/backward per class. Because every layer of
@@ -258,7 +258,7 @@ def gradient_matching_loss(net: nn.Module, real: Sequence[torch.Tensor], syn: Se
     """Sum over classes of :func:`match_distance` between real and synthetic CE gradients.
 
     ``real[c]`` and ``syn[c]`` are class ``c``'s normalized images; with ``aug`` (a
-    :class:`~rome_bench.augment.DSA`) both batches of class ``c`` are augmented with
+    :class:`~rome_bench.data.augment.DSA`) both batches of class ``c`` are augmented with
     ``seeds[c]`` (siamese). Differentiable with respect to the synthetic images.
     """
     if aug is not None:

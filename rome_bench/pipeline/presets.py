@@ -77,7 +77,7 @@ PRESETS.add("cpu", Preset(
     scaled="retraining epochs 300 (IPC 1) / 150 (IPC 10) / 50 (IPC 50) instead of 1000 (DC: "
            "300/100/30 instead of 300); full-size 10 epochs; 3 models per cell; clean accuracy and "
            "attacks on a class-balanced subset of 200 test images (the clean-accuracy tables "
-           "in README used --test-subset 1000); CW 30 steps, DeepFool 20 steps, AutoAttack "
+           "in results/README.md used --test-subset 1000); CW 30 steps, DeepFool 20 steps, AutoAttack "
            "with the 'standard' attacks but Square at 1000 queries; method budgets per method "
            "(printed in the run plan); query black-box: Square 1000 queries instead of 5000",
     dataset="cifar10",

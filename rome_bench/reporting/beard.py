@@ -25,7 +25,7 @@ LINE = re.compile(
     r"\s*non_target_attack:\s*(?P<u_acc>-?[\d.]+)\s*\+-\s*(?P<u_std>[\d.]+),\s*attack time is\s*"
     r"(?P<u_time>[\d.]+),\s*dataset:\s*(?P<dataset>\w+),\s*IPC:\s*(?P<ipc>\d+)")
 
-# BEARD's spellings -> DESIGN section 4 names
+# BEARD's spellings -> rome-bench's attack names (docs/design.md, "Attacks and threat models")
 ATTACK_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "pgdl2": "PGD-L2", "pgd-l2": "PGD-L2", "cw": "CW",
                 "deepfool": "DeepFool", "autoattack": "AutoAttack", "aa": "AutoAttack",
                 "mifgsm": "MIFGSM", "square": "Square", "spsa": "SPSA", "clean": "clean"}  # '_' read as '-'

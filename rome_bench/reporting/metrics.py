@@ -1,4 +1,4 @@
-"""RR, AE, CREI, I-RR and I-CREI exactly as the published tables compute them (DESIGN §5).
+"""RR, AE, CREI, I-RR and I-CREI exactly as the published tables compute them (docs/design.md, "Metrics").
 
 Per (dataset, method, threat model, mode) and per repeat, pooled over the IPCs present:
 

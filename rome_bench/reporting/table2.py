@@ -1,7 +1,7 @@
 """The paper's Table 2 layout: I-RR per victim under transfer and query black-box attacks.
 
 Columns: targeted transfer, targeted query, untargeted transfer, untargeted query I-RR, each
-pooled exactly like the white-box metrics (:mod:`rome_bench.metrics`): per victim method and
+pooled exactly like the white-box metrics (:mod:`rome_bench.reporting.metrics`): per victim method and
 repeat, ``C`` is its clean accuracy averaged over the IPCs, and the attacked accuracies are
 flattened over attacks x IPCs x (for transfer) surrogates. Self-transfer records (surrogate ==
 victim) are the white-box numbers of the same attack and are left out, so the transfer column
