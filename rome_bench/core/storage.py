@@ -20,22 +20,28 @@ import torch
 from rome_bench.core.registry import RomeBenchError
 
 
-# mkstemp creates files readable by their owner only; results and caches are meant to be shared
-# like any other output, so finished files get the mode a plain open() would have given them.
 class CheckpointError(RomeBenchError):
     """A tensor file (checkpoint, distilled set, cache entry) that cannot be loaded as asked."""
 
 
+# mkstemp creates files readable by their owner only; results and caches are meant to be shared
+# like any other output, so finished files get the mode a plain open() would have given them.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+
+
+TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(f)`` on a temporary file, then atomically move it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the writer's pid is part of the name, so a later run can tell an orphan (its writer was
+    # killed between this line and the rename) from a file another live process is writing
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX,
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -49,6 +55,35 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_orphaned_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files below ``folder`` whose writer process no longer exists (a run
+    killed in the middle of an atomic write leaves one); returns what was removed. Files of
+    live writers, e.g. a second run sharing the cache, are left alone."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.rglob(f".*{TEMP_SUFFIX}"):
+        parts = tmp.name.rsplit(".", 3)  # ".<name>", "<pid>", "<random>", "tmp"
+        if len(parts) == 4 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -23,6 +23,7 @@ from rome_bench.core.cache import Cache, content_key
 from rome_bench.core.catalog import METHODS
 from rome_bench.core.records import Record, RecordStore, versions
 from rome_bench.core.registry import RomeBenchError
+from rome_bench.core.storage import remove_orphaned_temporaries
 from rome_bench.core.version import __version__
 from rome_bench.data.datasets import (
     DATASETS,
@@ -46,6 +47,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
     """
     plan = plan_run(config)
     echo(plan.describe())
+    remove_orphans(plan)
     store = RecordStore(plan.out / "records.jsonl")
     # loaded once here: the serial loop, transfer and the figures use it, and with workers it
     # fetches/verifies the data (download, clear errors) before any worker starts
@@ -180,6 +182,13 @@ def find_distilled(folder: Path) -> dict[str, DistilledSet]:
     return found
 
 
+def remove_orphans(plan: Plan) -> None:
+    """Delete temporary files that a killed earlier run left in the cache or the run folder."""
+    for folder in (Cache().root, plan.out):
+        for path in remove_orphaned_temporaries(folder):
+            warn(f"rome-bench: removed {path}, left by an interrupted write")
+
+
 def checkpoint_ipc(path: str) -> int:
     """IPC from a published checkpoint name such as ``DC_ConvNet_CIFAR10_50_None.pth`` (0 if none)."""
     m = re.search(r"_CIFAR1?0{1,2}_(\d+)_", Path(path).name, re.IGNORECASE)
@@ -208,6 +217,7 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
          f"({plan.test_subset or 'all'} test images), preset {plan.preset.name}, threat "
          f"{', '.join(plan.threat_models)}, settings {', '.join(plan.settings)}, output {plan.out}")
     test = load_test_set(plan)
+    remove_orphans(plan)
     store = RecordStore(plan.out / "records.jsonl")
     records: list[Record] = []
     transfer_models: list[blackbox.TransferModel] = []
