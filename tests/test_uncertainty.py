@@ -258,3 +258,14 @@ def test_a_clear_lead_is_not_flagged():
     md = format_table1(records, "markdown", ci=Bootstrap(resamples=300))
     dc_line = next(line for line in md.splitlines() if "| DC " in line)
     assert "**" in dc_line and "†" not in dc_line
+
+
+def test_the_scatter_is_drawn_with_the_random_trend(tmp_path):
+    from rome_bench.reporting.figures import plot_robust_scatter, write_figures
+
+    records = _noisy_run()
+    paths = plot_robust_scatter(records, tmp_path, "scatter", "t", Bootstrap(resamples=100))
+    assert sorted(p.suffix for p in paths) == [".pdf", ".png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    written = write_figures(records, tmp_path, echo=lambda _: None)
+    assert any(p.name == "robust_scatter_standard_cpu.png" for p in written)
