@@ -319,6 +319,47 @@ def plot(records: tuple[str, ...], out: str | None, distilled: tuple[str, ...], 
     write_figures(rows, folder, distilled=image_grids(sets), alpha=alpha, echo=click.echo)
 
 
+# -- leaderboard --------------------------------------------------------------------------
+@main.command()
+@click.argument("records", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), required=True, help="Folder for leaderboard.html.")
+@click.option("--alpha", type=float, default=0.5, show_default=True)
+@click.option("--resamples", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Bootstrap resamples behind each 95% interval.")
+@click.option("--bootstrap-seed", type=int, default=0, show_default=True,
+              help="Seed of the bootstrap's generators.")
+def leaderboard(records: tuple[str, ...], out: str, alpha: float, resamples: int,
+                bootstrap_seed: int) -> None:
+    """One self-contained HTML page: sortable table, scatter, preset, protocol, threat model.
+
+    The page (OUT/leaderboard.html) needs no server and loads nothing from elsewhere: robust
+    accuracy, effective robustness and the Table 1 metrics with 95% bootstrap intervals per
+    method and IPC, the clean-vs-robust scatter, and the command that regenerates it.
+
+    \b
+    Examples:
+      rome-bench leaderboard results/runs/RUN --out site
+      rome-bench leaderboard results/cpu-ipc1 results/cpu-ipc10 --out site --resamples 5000
+    """
+    import shlex
+
+    from rome_bench.core.records import read_records
+    from rome_bench.reporting.leaderboard import write_leaderboard
+    from rome_bench.reporting.uncertainty import Bootstrap
+
+    rows = read_records(list(records))
+    command = ["rome-bench", "leaderboard", *records, "--out", out]
+    if alpha != 0.5:
+        command += ["--alpha", f"{alpha:g}"]
+    if resamples != 2000:
+        command += ["--resamples", str(resamples)]
+    if bootstrap_seed != 0:
+        command += ["--bootstrap-seed", str(bootstrap_seed)]
+    path = write_leaderboard(rows, out, shlex.join(command), Bootstrap(resamples, bootstrap_seed),
+                             alpha)
+    click.echo(f"leaderboard: {path}")
+
+
 # -- import-beard ------------------------------------------------------------------------
 @main.command("import-beard")
 @click.argument("logs", nargs=-1, required=True, type=click.Path())
