@@ -22,7 +22,6 @@ from rome_bench.core.records import Record
 from rome_bench.core.storage import atomic_write_text
 from rome_bench.core.version import __version__
 from rome_bench.reporting.layout import TableGroup, split_groups
-from rome_bench.reporting.metrics import METRICS
 from rome_bench.reporting.naming import display_dataset, display_method
 from rome_bench.reporting.robust import RobustRow, Trend, robust_rows
 from rome_bench.reporting.table1 import TABLE1_COLUMNS, table1_rows
