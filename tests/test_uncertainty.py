@@ -269,3 +269,30 @@ def test_the_scatter_is_drawn_with_the_random_trend(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     written = write_figures(records, tmp_path, echo=lambda _: None)
     assert any(p.name == "robust_scatter_standard_cpu.png" for p in written)
+
+
+def test_cli_robust_kind_ci_flag_and_the_end_of_run_tables(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from rome_bench.cli import _finish, main
+    from rome_bench.core.records import RecordStore
+
+    records = _noisy_run()
+    RecordStore(tmp_path / "records.jsonl").append(records)
+    runner = CliRunner()
+    robust = runner.invoke(main, ["table", str(tmp_path), "--kind", "robust", "--format", "csv",
+                                  "--resamples", "100"])
+    assert robust.exit_code == 0, robust.output
+    assert robust.output.splitlines()[0] == ",".join(CSV_HEADER)
+    plain = runner.invoke(main, ["table", str(tmp_path), "--format", "csv"])
+    with_ci = runner.invoke(main, ["table", str(tmp_path), "--format", "csv", "--ci",
+                                   "--resamples", "100", "--bootstrap-seed", "3"])
+    assert plain.output.splitlines()[0] == PUBLISHED_HEADER
+    assert with_ci.output.splitlines()[0].startswith(PUBLISHED_HEADER + ",targeted_RR_ci_low,")
+    # run and evaluate print Table 1 with intervals; the files they write stay the published ones
+    _finish(SimpleNamespace(out=tmp_path), records, 0.5)
+    shown = capsys.readouterr().out
+    assert "percentile bootstrap" in shown and "[" in shown.split("| DC ")[1].splitlines()[0]
+    assert not (tmp_path / "tables.md").exists()
