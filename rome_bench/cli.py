@@ -131,6 +131,7 @@ def parse_jobs(text: str | None) -> int | None:
 
 def _finish(plan, records, alpha: float) -> None:
     from rome_bench.reporting.tables import format_tables, tables_for, write_tables
+    from rome_bench.reporting.uncertainty import Bootstrap
 
     if not records:
         click.echo("no records were produced")
@@ -138,9 +139,21 @@ def _finish(plan, records, alpha: float) -> None:
     if alpha != 0.5:  # the run wrote its tables with the default; rewrite with the chosen alpha
         write_tables(records, plan.out, alpha)
     click.echo("")
-    click.echo(format_tables(records, tables_for(records), "markdown", alpha))
+    # what the terminal shows carries 95% bootstrap intervals; the files stay the published layout
+    click.echo(format_tables(records, tables_for(records), "markdown", alpha, ci=Bootstrap()))
     click.echo(f"\nrecords: {plan.out / 'records.jsonl'}")
     click.echo(f"tables:  {plan.out}/tables.md (+ CSV and LaTeX files)")
+
+
+def bootstrap_options(f):
+    f = click.option("--bootstrap-seed", type=int, default=0, show_default=True,
+                     help="Seed of the bootstrap's generators.")(f)
+    f = click.option("--resamples", type=click.IntRange(min=1), default=2000, show_default=True,
+                     help="Bootstrap resamples behind each 95% interval.")(f)
+    f = click.option("--ci", is_flag=True, help="Add 95% bootstrap intervals to the Table 1 "
+                     "metrics (CSV: *_ci_low/*_ci_high columns after the published ones) and "
+                     "flag marks whose lead is not significant.")(f)
+    return f
 
 
 # -- run ----------------------------------------------------------------------------------
@@ -229,17 +242,21 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
 @click.option("--format", "fmt", default="markdown", show_default=True,
               type=click.Choice(["markdown", "csv", "latex"]))
 @click.option("--kind", default="robustness", show_default=True,
-              type=click.Choice(["robustness", "accuracy", "blackbox"]),
+              type=click.Choice(["robustness", "accuracy", "blackbox", "robust"]),
               help="robustness = Table 1 layout; accuracy = clean/attacked accuracy per IPC; "
-                   "blackbox = Table 2 layout (transfer and query I-RR per victim).")
+                   "blackbox = Table 2 layout (transfer and query I-RR per victim); robust = "
+                   "clean, AutoAttack and worst-case accuracy and effective robustness with "
+                   "95% bootstrap intervals.")
 @click.option("--reference", default=None, metavar="paper|CSV",
               help="Put the published Table 1 value and the difference next to each cell.")
 @click.option("--threat-model", default=None, help="Only records of this threat model.")
 @click.option("--preset", default=None, help="Only records of this preset.")
 @click.option("--per-ipc", is_flag=True, help="One robustness row per IPC instead of pooling.")
 @click.option("--alpha", type=float, default=0.5, show_default=True)
+@bootstrap_options
 def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
-          threat_model: str | None, preset: str | None, per_ipc: bool, alpha: float) -> None:
+          threat_model: str | None, preset: str | None, per_ipc: bool, alpha: float, ci: bool,
+          resamples: int, bootstrap_seed: int) -> None:
     """Tables from records files or run folders.
 
     \b
@@ -249,13 +266,17 @@ def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
       rome-bench table results/runs/RUN --kind accuracy --format latex
       rome-bench table results/runs/RUN --per-ipc
       rome-bench table results/runs/RUN --kind blackbox --reference paper
+      rome-bench table results/runs/RUN --ci
+      rome-bench table results/runs/RUN --kind robust --format csv
     """
     from rome_bench.core.records import read_records
     from rome_bench.reporting.tables import format_tables, tables_for
+    from rome_bench.reporting.uncertainty import Bootstrap
 
     rows = read_records(list(records))
+    boot = Bootstrap(resamples, bootstrap_seed)
     click.echo(format_tables(rows, tables_for(rows, kind), fmt, alpha, reference, threat_model,
-                             preset, per_ipc))
+                             preset, per_ipc, ci=boot if ci else None, bootstrap=boot))
 
 
 # -- plot ----------------------------------------------------------------------------------
@@ -296,6 +317,47 @@ def plot(records: tuple[str, ...], out: str | None, distilled: tuple[str, ...], 
     for d in distilled:
         sets[Path(d).stem] = DistilledSet.load(d)
     write_figures(rows, folder, distilled=image_grids(sets), alpha=alpha, echo=click.echo)
+
+
+# -- leaderboard --------------------------------------------------------------------------
+@main.command()
+@click.argument("records", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), required=True, help="Folder for leaderboard.html.")
+@click.option("--alpha", type=float, default=0.5, show_default=True)
+@click.option("--resamples", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Bootstrap resamples behind each 95% interval.")
+@click.option("--bootstrap-seed", type=int, default=0, show_default=True,
+              help="Seed of the bootstrap's generators.")
+def leaderboard(records: tuple[str, ...], out: str, alpha: float, resamples: int,
+                bootstrap_seed: int) -> None:
+    """One self-contained HTML page: sortable table, scatter, preset, protocol, threat model.
+
+    The page (OUT/leaderboard.html) needs no server and loads nothing from elsewhere: robust
+    accuracy, effective robustness and the Table 1 metrics with 95% bootstrap intervals per
+    method and IPC, the clean-vs-robust scatter, and the command that regenerates it.
+
+    \b
+    Examples:
+      rome-bench leaderboard results/runs/RUN --out site
+      rome-bench leaderboard results/cpu-ipc1 results/cpu-ipc10 --out site --resamples 5000
+    """
+    import shlex
+
+    from rome_bench.core.records import read_records
+    from rome_bench.reporting.leaderboard import write_leaderboard
+    from rome_bench.reporting.uncertainty import Bootstrap
+
+    rows = read_records(list(records))
+    command = ["rome-bench", "leaderboard", *records, "--out", out]
+    if alpha != 0.5:
+        command += ["--alpha", f"{alpha:g}"]
+    if resamples != 2000:
+        command += ["--resamples", str(resamples)]
+    if bootstrap_seed != 0:
+        command += ["--bootstrap-seed", str(bootstrap_seed)]
+    path = write_leaderboard(rows, out, shlex.join(command), Bootstrap(resamples, bootstrap_seed),
+                             alpha)
+    click.echo(f"leaderboard: {path}")
 
 
 # -- import-beard ------------------------------------------------------------------------

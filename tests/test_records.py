@@ -1,8 +1,21 @@
-"""Reading records: a measurement stored in two run folders counts once."""
+"""Reading records: a measurement stored in two run folders counts once; per-image outcomes
+round-trip through their hex form."""
 
 from __future__ import annotations
 
-from rome_bench.core.records import Record, RecordStore, read_records
+import json
+
+import numpy as np
+import pytest
+
+from rome_bench.core.records import (
+    Record,
+    RecordError,
+    RecordStore,
+    pack_outcomes,
+    read_records,
+    unpack_outcomes,
+)
 
 
 def _record(attack: str, accuracy: float, created: str, repeat: int = 0) -> Record:
@@ -31,3 +44,39 @@ def test_rows_of_one_file_are_kept_as_written(tmp_path):
                               _record("clean", 30.0, "2026-11-27T02:00:00", repeat=1),
                               _record("clean", 31.0, "2026-11-27T03:00:00", repeat=1)])
     assert [r.accuracy for r in read_records([path])] == [27.0, 30.0, 31.0]
+
+
+# -- per-image outcomes -------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 200, 1001])
+def test_outcomes_round_trip(n):
+    mask = np.random.default_rng(n).random(n) < 0.4
+    text = pack_outcomes(mask)
+    assert len(text) == 2 * ((n + 7) // 8)
+    assert text == np.packbits(mask, bitorder="big").tobytes().hex()
+    assert unpack_outcomes(text, n).tolist() == mask.tolist()
+
+
+def test_outcomes_are_big_endian_bits_in_test_subset_order():
+    assert pack_outcomes([True] + [False] * 7) == "80"
+    assert pack_outcomes([False] * 7 + [True]) == "01"
+    assert pack_outcomes([True] * 9) == "ff80"
+
+
+def test_outcomes_of_the_wrong_length_or_not_hex_are_errors():
+    with pytest.raises(RecordError, match="do not describe 9 images"):
+        unpack_outcomes("ff", 9)
+    with pytest.raises(RecordError, match="not a hex string"):
+        unpack_outcomes("zz", 8)
+
+
+def test_record_outcomes_are_stored_and_older_rows_read_without_them(tmp_path):
+    rec = _record("clean", 50.0, "2026-11-27T02:00:00")
+    rec.n_images = 10
+    rec.outcomes = pack_outcomes([True, False] * 5)
+    old = json.loads(_record("PGD", 14.0, "2026-11-27T02:01:00").to_json())
+    del old["outcomes"]  # a row written before the field existed
+    path = tmp_path / "records.jsonl"
+    path.write_text(rec.to_json() + "\n" + json.dumps(old) + "\n")
+    new_row, old_row = read_records([path])
+    assert new_row.outcome_mask().tolist() == [True, False] * 5
+    assert old_row.outcomes is None and old_row.outcome_mask() is None

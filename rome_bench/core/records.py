@@ -9,11 +9,14 @@ so a run killed at any moment leaves either the old file or the new one, never h
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rome_bench.core.registry import RomeBenchError
 from rome_bench.core.storage import atomic_write_text
@@ -22,8 +25,42 @@ SETTINGS = ("white-box", "transfer", "query")
 MODES = ("clean", "targeted", "untargeted")
 
 
+# fields a record may lack (older files): they take their defaults
+OPTIONAL_FIELDS = ("created", "versions", "outcomes")
+
+
 class RecordError(RomeBenchError):
     """A records file that cannot be read."""
+
+
+def pack_outcomes(mask: Any) -> str:
+    """Per-image survival as the hex string stored in ``Record.outcomes``.
+
+    ``mask`` is one bool per test image, in the order of the run's test subset (True = the image
+    was classified correctly: clean, or still after the attack). The text is
+    ``numpy.packbits(mask, bitorder="big")`` in hex, ``2 * ceil(n / 8)`` characters.
+
+    >>> pack_outcomes([True, False, True, True, False, False, False, False, True])
+    'b080'
+    """
+    bits = np.asarray(mask, dtype=bool).reshape(-1)
+    return np.packbits(bits, bitorder="big").tobytes().hex()
+
+
+def unpack_outcomes(text: str, n: int) -> np.ndarray:
+    """The ``n`` booleans of an ``outcomes`` string (see :func:`pack_outcomes`).
+
+    >>> unpack_outcomes("b080", 9).astype(int).tolist()
+    [1, 0, 1, 1, 0, 0, 0, 0, 1]
+    """
+    if n < 0 or len(text) != 2 * math.ceil(n / 8):
+        raise RecordError(f"outcomes of {len(text)} hex digits do not describe {n} images "
+                          f"(expected {2 * math.ceil(max(n, 0) / 8)})")
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError as exc:
+        raise RecordError(f"outcomes are not a hex string ({exc})") from exc
+    return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n, bitorder="big").astype(bool)
 
 
 def versions() -> dict[str, str]:
@@ -43,7 +80,9 @@ def now() -> str:
 
 @dataclass
 class Record:
-    """One measurement. ``accuracy`` is in percent; ``seconds`` covers generation + prediction."""
+    """One measurement. ``accuracy`` is in percent; ``seconds`` covers generation + prediction;
+    ``outcomes`` (when present) says which of the ``n_images`` test images survived
+    (:func:`pack_outcomes`)."""
 
     run_id: str
     method: str
@@ -64,14 +103,19 @@ class Record:
     n_images: int
     created: str = field(default_factory=now)
     versions: dict[str, str] = field(default_factory=dict)
+    outcomes: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)
 
+    def outcome_mask(self) -> np.ndarray | None:
+        """The per-image survival mask (``n_images`` bools), or None for a record without it."""
+        return None if self.outcomes is None else unpack_outcomes(self.outcomes, self.n_images)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
         names = {f.name for f in fields(cls)}
-        missing = [n for n in names if n not in d and n not in ("created", "versions")]
+        missing = [n for n in names if n not in d and n not in OPTIONAL_FIELDS]
         if missing:
             raise RecordError(f"record lacks fields {missing}")
         return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,4 +1,5 @@
-"""Figures from records: transfer heatmaps, robustness curves, distilled-image grids, metric bars.
+"""Figures from records: transfer heatmaps, robustness curves, distilled-image grids, metric bars,
+and the clean-vs-robust scatter with the random trend (effective robustness).
 
 Every figure is derived from records (and, for the image grids, from distilled sets), written
 as PNG and PDF. Matplotlib is used through its object API (``matplotlib.figure.Figure``), which
@@ -25,7 +26,9 @@ from rome_bench.core.registry import RomeBenchError
 from rome_bench.reporting.layout import split_groups
 from rome_bench.reporting.metrics import METRICS, compute
 from rome_bench.reporting.naming import display_dataset, display_method, method_order
+from rome_bench.reporting.robust import BASELINE_METHOD, RobustRow, Trend, robust_rows
 from rome_bench.reporting.table1 import has_attacks, table1_rows
+from rome_bench.reporting.uncertainty import Bootstrap
 
 FIGURE_FORMATS = ("png", "pdf")
 
@@ -248,6 +251,80 @@ def plot_table1_bars(records: list[Record], folder: Path, stem: str, title: str,
     return _save(fig, folder, stem)
 
 
+# -- clean vs robust scatter ---------------------------------------------------------------
+def robust_scatter_figure(rows: list[RobustRow], trends: dict[str, Trend | None], title: str):
+    """Clean (x) against AutoAttack accuracy (y), one point per (method, IPC) with its 95%
+    intervals, and each dataset's random trend (a line in logit space, curved on these axes).
+
+    Returns the matplotlib ``Figure`` (the leaderboard embeds it), or raises ``PlotError`` when
+    no row has both accuracies.
+    """
+    points = [r for r in rows if r.clean.value is not None and r.autoattack.value is not None]
+    if not points:
+        raise PlotError("no rows with clean and AutoAttack accuracy")
+    fig = _figure(6.4, 4.6)
+    ax = fig.add_subplot()
+    datasets = sorted({r.dataset for r in points})
+    methods = sorted({r.method for r in points}, key=method_order)
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    markers = "osD^v<>pP*X"
+    for r in points:
+        err = None
+        if r.clean.low is not None and r.autoattack.low is not None:
+            err = ([[r.clean.value - r.clean.low], [r.clean.high - r.clean.value]],
+                   [[r.autoattack.value - r.autoattack.low],
+                    [r.autoattack.high - r.autoattack.value]])
+        kw = dict(color=colors[r.method], marker=markers[datasets.index(r.dataset) % len(markers)],
+                  markersize=6 if r.method != BASELINE_METHOD else 7,
+                  markerfacecolor="none" if r.method == BASELINE_METHOD else colors[r.method])
+        if err:
+            ax.errorbar(r.clean.value, r.autoattack.value, xerr=err[0], yerr=err[1], capsize=2,
+                        elinewidth=0.8, linestyle="none", **kw)
+        else:
+            ax.plot(r.clean.value, r.autoattack.value, linestyle="none", **kw)
+        ipc = "full" if r.ipc == 0 else str(r.ipc)
+        ax.annotate(ipc, (r.clean.value, r.autoattack.value), textcoords="offset points",
+                    xytext=(4, 3), fontsize=6, color=colors[r.method])
+    for m in methods:
+        ax.plot([], [], color=colors[m], marker="o", linestyle="none",
+                markerfacecolor="none" if m == BASELINE_METHOD else colors[m],
+                label=display_method(m))
+    xs_all = [r.clean.value for r in points]
+    lo, hi = max(0.1, min(xs_all) - 5), min(99.9, max(xs_all) + 5)
+    for ds, trend in sorted(trends.items()):
+        if trend is None:
+            continue
+        xs = np.linspace(lo, hi, 200)
+        label = f"random trend (IPC {', '.join(map(str, trend.ipcs))})"
+        if len(datasets) > 1:
+            label = f"{display_dataset(ds)} {label}"
+        ax.plot(xs, trend.predict(xs), color="0.3", linestyle="--", linewidth=1, label=label)
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("AutoAttack accuracy (%)")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title + ("" if any(trends.values()) else
+                          "\nno random trend: method random at two IPCs or more is needed"),
+                 fontsize=9)
+    return fig
+
+
+def plot_robust_scatter(records: list[Record], folder: Path, stem: str, title: str,
+                        boot: Bootstrap | None = None) -> list[Path]:
+    """The clean-vs-robust scatter of one (threat model, preset) group, PNG and PDF."""
+    rows, trends = robust_rows(records, boot)
+    return _save(robust_scatter_figure(rows, trends, title), folder, stem)
+
+
+def has_robust_points(records: list[Record]) -> bool:
+    """Whether the records hold clean and untargeted AutoAttack accuracies (the scatter)."""
+    return any(r.mode == "clean" for r in records) and any(
+        r.attack == "AutoAttack" and r.mode == "untargeted" and r.setting == "white-box"
+        for r in records)
+
+
 # -- distilled-image grids ---------------------------------------------------------------
 @dataclass
 class ImageGrid:
@@ -331,6 +408,11 @@ def write_figures(records: list[Record], folder: str | Path, *,
                                         f"Table-1 metrics\n{title}", alpha)
         else:
             skipped.append(f"metric bars ({stem}): no white-box attack records")
+        if has_robust_points(g.records):
+            written += plot_robust_scatter(g.records, out, f"robust_scatter_{stem}",
+                                           f"clean vs AutoAttack accuracy\n{title}")
+        else:
+            skipped.append(f"clean-vs-robust scatter ({stem}): no untargeted AutoAttack records")
     if distilled:
         for name, grid in sorted(distilled.items()):
             written += plot_distilled_grid(grid, out, f"distilled_{name}")

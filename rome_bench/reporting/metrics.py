@@ -23,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from rome_bench.core.records import Record
 
 METRICS = ("RR", "CREI", "I-RR", "I-CREI")
@@ -68,6 +70,37 @@ def compute(clean_acc: Iterable[float], clean_time: Iterable[float], attack_acc:
     ae = 0.0 if t_span == 0 else 100.0 * (statistics.fmean(attack_time) - t0) / t_span
     return MetricValues(c, mean_asr, max_asr, rr, ae, alpha * rr + (1 - alpha) * ae, i_rr,
                         alpha * i_rr + (1 - alpha) * ae, len(attack_acc))
+
+
+def compute_replicates(clean_acc: np.ndarray, clean_time: list[float], attack_acc: np.ndarray,
+                       attack_time: list[float], alpha: float = 0.5) -> dict[str, np.ndarray] | None:
+    """:func:`compute` on many resamples at once (the bootstrap of docs/metrics.md, "Intervals").
+
+    ``clean_acc`` is (IPCs, B) and ``attack_acc`` (attacks x IPCs, B): column ``b`` holds the
+    accuracies of resample ``b``; times are not resampled. Returns metric name -> (B,) array
+    (``RR``, ``AE``, ``CREI``, ``I-RR``, ``I-CREI``), or None without attacks, like
+    :func:`compute`, whose value every column reproduces.
+
+    >>> r = compute_replicates(np.array([[50.0, 40.0]]), [2.0], np.array([[30.0, 30.0],
+    ...                        [10.0, 10.0]]), [3.0, 9.0])
+    >>> [round(float(x), 2) for x in r["RR"]], [round(float(x), 2) for x in r["I-RR"]]
+    ([25.0, 33.33], [52.0, 62.5])
+    """
+    if len(attack_acc) == 0:
+        return None
+    clean_acc, attack_acc = np.asarray(clean_acc, float), np.asarray(attack_acc, float)
+    c = clean_acc.mean(axis=0) if len(clean_acc) else np.zeros(attack_acc.shape[1])
+    t0 = statistics.fmean(clean_time) if clean_time else 0.0
+    mean_asr = c - attack_acc.mean(axis=0)
+    max_asr = c - attack_acc.min(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rr = np.where(max_asr == 0, 0.0, 100.0 * (1.0 - mean_asr / max_asr))
+        i_rr = np.where(c == 0, 0.0, 100.0 * (1.0 - mean_asr * max_asr / c**2))
+    t_span = max(attack_time) - t0
+    ae = 0.0 if t_span == 0 else 100.0 * (statistics.fmean(attack_time) - t0) / t_span
+    ae_arr = np.full_like(c, ae)
+    return {"RR": rr, "AE": ae_arr, "CREI": alpha * rr + (1 - alpha) * ae_arr, "I-RR": i_rr,
+            "I-CREI": alpha * i_rr + (1 - alpha) * ae_arr}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The one dispatcher that decides which tables a set of records supports, formats them and
 writes them: ``run``, ``evaluate`` and ``table`` all go through it.
 
-Three tables exist: Table 1 (white-box robustness metrics, :mod:`.table1`), Table 2 (black-box
-I-RR per victim, :mod:`.table2`) and the accuracy table (:mod:`.accuracy`), which every set of
-records supports.
+Four tables exist: Table 1 (white-box robustness metrics, :mod:`.table1`), Table 2 (black-box
+I-RR per victim, :mod:`.table2`), the accuracy table (:mod:`.accuracy`), which every set of
+records supports, and the robust accuracy table (:mod:`.robust`), on request only.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ from rome_bench.core.records import Record
 from rome_bench.core.storage import atomic_write_text
 from rome_bench.reporting.accuracy import format_accuracy
 from rome_bench.reporting.layout import split_groups
+from rome_bench.reporting.robust import format_robust
 from rome_bench.reporting.table1 import format_table1, has_attacks
 from rome_bench.reporting.table2 import format_table2, has_blackbox
+from rome_bench.reporting.uncertainty import Bootstrap
 
-TABLE1, TABLE2, ACCURACY = "table1", "table2", "accuracy"
-# what `rome-bench table --kind` accepts: the Table-1 layout, the accuracy table, Table 2
-KINDS = ("robustness", "accuracy", "blackbox")
+TABLE1, TABLE2, ACCURACY, ROBUST = "table1", "table2", "accuracy", "robust"
+# what `rome-bench table --kind` accepts: the Table-1 layout, the accuracy table, Table 2, the
+# robust accuracy table
+KINDS = ("robustness", "accuracy", "blackbox", "robust")
 
 
 def tables_for(records: list[Record], kind: str | None = None) -> list[str]:
@@ -35,6 +38,8 @@ def tables_for(records: list[Record], kind: str | None = None) -> list[str]:
         return [name for name, ok in ((TABLE1, white), (TABLE2, black), (ACCURACY, True)) if ok]
     if kind == "blackbox":
         return [TABLE2]
+    if kind == "robust":
+        return [ROBUST]
     if kind == "robustness" and white:
         return [TABLE1]
     if kind == "robustness" and black:
@@ -45,13 +50,21 @@ def tables_for(records: list[Record], kind: str | None = None) -> list[str]:
 def format_tables(records: list[Record], names: list[str], fmt: str = "markdown",
                   alpha: float = 0.5, reference: str | None = None,
                   threat_model: str | None = None, preset: str | None = None,
-                  per_ipc: bool = False) -> str:
-    """The named tables (see :func:`tables_for`) in ``fmt``, separated by blank lines."""
+                  per_ipc: bool = False, ci: Bootstrap | None = None,
+                  bootstrap: Bootstrap | None = None) -> str:
+    """The named tables (see :func:`tables_for`) in ``fmt``, separated by blank lines.
+
+    ``ci`` adds bootstrap intervals to Table 1; ``bootstrap`` sets the robust table's (default:
+    ``ci``, else 2000 resamples, seed 0).
+    """
     parts = []
     for name in names:
         if name == TABLE1:
             parts.append(format_table1(records, fmt, alpha, reference, threat_model, preset,
-                                       per_ipc))
+                                       per_ipc, ci))
+        elif name == ROBUST:
+            parts.append(format_robust(records, fmt, threat_model, preset,
+                                       bootstrap or ci or Bootstrap()))
         elif name == TABLE2:
             parts.append(format_table2(records, fmt, alpha, reference, threat_model, preset))
         else:
