@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torchattacks
 
 from rome_bench.attacks.suite import (
     ATTACKS,
@@ -111,3 +112,40 @@ def test_untargeted_only_attacks_refuse_targeted_mode(dc_model, images):
     x, y = images
     with pytest.raises(AttackError, match="no targeted mode"):
         run_attack(ATTACKS.get("DeepFool"), dc_model, x[:2], y[:2], mode="targeted")
+
+
+def test_standard_attacks_only_the_images_the_model_gets_right(dc_model, images):
+    x, y = images
+    clean = clean_accuracy(dc_model, x, y)
+    assert clean.outcomes.sum() == round(clean.accuracy * len(y) / 100) and clean.n_attacked == 50
+    full = run_attack(ATTACKS.get("FGSM"), dc_model, x, y, mode="untargeted")
+    skip = run_attack(ATTACKS.get("FGSM"), dc_model, x, y, mode="untargeted",
+                      clean_correct=clean.outcomes)
+    assert skip.n_attacked == int(clean.outcomes.sum()) < full.n_attacked == len(y)
+    assert not skip.outcomes[~clean.outcomes].any()  # lost before the attack: not robust
+    # untargeted: an image the model gets wrong stays wrong, so the result is the same
+    assert skip.accuracy == full.accuracy
+    assert torch.equal(skip.outcomes, full.outcomes)
+    assert skip.accuracy == pytest.approx(100 * float(skip.outcomes.float().mean()))
+
+
+def test_beard_compat_attacks_every_image(dc_model, images):
+    x, y = images
+    clean = clean_accuracy(dc_model, x, y, threat_model="beard-compat")
+    res = run_attack(ATTACKS.get("FGSM"), dc_model, x, y, mode="untargeted",
+                     threat_model="beard-compat", clean_correct=clean.outcomes)
+    plain = run_attack(ATTACKS.get("FGSM"), dc_model, x, y, mode="untargeted",
+                       threat_model="beard-compat")
+    assert res.n_attacked == len(y) and res.accuracy == plain.accuracy
+
+
+def test_deepfool_is_batched_under_standard_and_torchattacks_under_compat(dc_model):
+    from rome_bench.attacks.deepfool import BatchedDeepFool
+
+    spec = ATTACKS.get("DeepFool")
+    assert isinstance(build_attack(spec, dc_model), BatchedDeepFool)
+    view = attack_view(dc_model, "beard-compat", 10)
+    compat = build_attack(spec, view.model, threat_model="beard-compat")
+    assert type(compat) is torchattacks.DeepFool
+    assert type(build_attack(ATTACKS.get("DeepFool-ta"), dc_model)) is torchattacks.DeepFool
+    assert "DeepFool-ta" not in [a.name for a in parse_attacks(None)]  # not in the suite

@@ -26,7 +26,7 @@ from rome_bench.pipeline.stages import load_test_set, run_cell
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"run_id", "method", "dataset", "ipc", "seed", "repeat", "arch", "preset", "threat_model",
           "setting", "source_model", "mode", "attack", "eps", "accuracy", "seconds", "n_images",
-          "created", "versions"}
+          "created", "versions", "outcomes", "n_attacked"}
 
 
 def config(tmp_path, **kw):
@@ -40,6 +40,13 @@ def test_records_have_the_design_fields_and_cover_every_cell(tmp_path):
     plan, records = pipeline.run(config(tmp_path), echo=lambda s: None)
     rows = [json.loads(line) for line in (plan.out / "records.jsonl").read_text().splitlines()]
     assert rows and all(set(r) == FIELDS for r in rows)
+    for r in rows:  # every measurement says which images survived and how many were attacked
+        survived = records[0].__class__.from_dict(r).outcome_mask()
+        assert survived.sum() == round(r["accuracy"] * r["n_images"] / 100)
+        clean = next(c for c in rows if c["mode"] == "clean" and c["method"] == r["method"]
+                     and c["ipc"] == r["ipc"])
+        assert r["n_attacked"] == (r["n_images"] if r["mode"] == "clean"
+                                   else round(clean["accuracy"] * r["n_images"] / 100))
     cells = {(r["method"], r["ipc"]) for r in rows}
     assert cells == {("random", 1), ("random", 2), ("full", 0)}
     modes = {(r["attack"], r["mode"]) for r in rows if r["method"] == "random" and r["ipc"] == 1}

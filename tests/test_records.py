@@ -80,3 +80,14 @@ def test_record_outcomes_are_stored_and_older_rows_read_without_them(tmp_path):
     new_row, old_row = read_records([path])
     assert new_row.outcome_mask().tolist() == [True, False] * 5
     assert old_row.outcomes is None and old_row.outcome_mask() is None
+
+
+def test_records_without_the_newer_fields_still_read(tmp_path):
+    row = {"run_id": "r", "method": "dc", "dataset": "cifar10", "ipc": 1, "seed": 0, "repeat": 0,
+           "arch": "convnet", "preset": "quick", "threat_model": "standard",
+           "setting": "white-box", "source_model": None, "mode": "clean", "attack": "clean",
+           "eps": None, "accuracy": 50.0, "seconds": 1.0, "n_images": 10}
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (rec,) = read_records([path])
+    assert rec.n_attacked is None and rec.outcomes is None

@@ -27,7 +27,8 @@ import torch
 import torchattacks
 from torch import nn
 
-from rome_bench.attacks.timing import count_correct, timed_batches
+from rome_bench.attacks.deepfool import BatchedDeepFool
+from rome_bench.attacks.timing import correct_mask, timed_batches, to_device
 from rome_bench.core.catalog import ATTACKS, SUITE, SWEEP
 from rome_bench.core.registry import RomeBenchError, normalize_name
 from rome_bench.models.convnet import Classifier, Normalize
@@ -64,6 +65,8 @@ class AttackSpec:
     transferable: bool = False
     setting: str = "white-box"
     compat_params: dict[str, Any] = field(default_factory=dict)
+    # the implementation under beard-compat when it differs (None: ``factory``)
+    compat_factory: Callable[..., torchattacks.Attack] | None = None
 
 
 def _autoattack(model: nn.Module, *, square_queries: int | None = None, **params: Any):
@@ -107,8 +110,18 @@ _add(AttackSpec("PGD-L2", torchattacks.PGDL2,
 _add(AttackSpec("CW", torchattacks.CW, {"c": 1, "kappa": 0, "steps": 100, "lr": 0.01}, True, None,
                 transferable=True),
      "cw-l2", description="Carlini-Wagner L2, c 1, kappa 0, 100 steps, lr 0.01")
-_add(AttackSpec("DeepFool", torchattacks.DeepFool, {"steps": 50, "overshoot": 0.02}, False, None),
-     description="DeepFool, 50 steps, overshoot 0.02 (untargeted only)")
+# DeepFool is rome-bench's batched implementation (attacks/deepfool.py: torchattacks' algorithm,
+# vectorised over the batch). beard-compat keeps torchattacks' own, image by image, as BEARD ran
+# it: DeepFool leaves many images on an exact float32 tie, and which side such an image is then
+# classified on depends on the implementation's rounding, so only the same code reproduces the
+# published numbers. DeepFool-ta is torchattacks' under both threat models, for comparison.
+_add(AttackSpec("DeepFool", BatchedDeepFool, {"steps": 50, "overshoot": 0.02}, False, None,
+                compat_factory=torchattacks.DeepFool),
+     description="DeepFool, 50 steps, overshoot 0.02 (untargeted only; batched; beard-compat: "
+                 "torchattacks')")
+_add(AttackSpec("DeepFool-ta", torchattacks.DeepFool, {"steps": 50, "overshoot": 0.02}, False, None,
+                suite=False),
+     description="torchattacks' DeepFool, image by image (for comparison with DeepFool)")
 _add(AttackSpec("AutoAttack", _autoattack,
                 {"norm": "Linf", "eps": 8 / 255, "version": "standard"}, False, 8 / 255),
      "aa", description="AutoAttack standard, Linf eps 8/255 (untargeted only)")
@@ -212,14 +225,16 @@ def build_attack(spec: AttackSpec, model: nn.Module, *, threat_model: str = "sta
                  overrides: dict[str, Any] | None = None) -> torchattacks.Attack:
     """The torchattacks object for ``spec`` with paper parameters (+ preset overrides)."""
     params = dict(spec.params)
+    factory = spec.factory
     if threat_model == "beard-compat":
         params.update(spec.compat_params)
+        factory = spec.compat_factory or spec.factory
     if spec.name == "AutoAttack":
         params.update(n_classes=num_classes, seed=seed)
     if spec.name == "Square":
         params.update(seed=seed)
     params.update(overrides or {})
-    return spec.factory(model, **params)
+    return factory(model, **params)
 
 
 @dataclass
@@ -232,6 +247,11 @@ class AttackResult:
     seconds: float
     n_images: int
     eps: float | None
+    # per image: correctly classified after the attack (clean: on the clean input)
+    outcomes: torch.Tensor | None = None
+    # images the attack ran on (all of them, except under ``standard``, where images the model
+    # already misclassifies on clean input count as lost and are not attacked)
+    n_attacked: int | None = None
 
 
 def clean_accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
@@ -240,20 +260,35 @@ def clean_accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor
     """Clean accuracy through the same input path the attacks use (timed like an attack)."""
     view = attack_view(model.eval(), threat_model, 10)
     device = torch.device(device)
-    correct, seconds = timed_batches(len(images), batch_size, device, lambda b: count_correct(
-        view.model, view.to_input(images[b].to(device)), labels[b].to(device)))
-    return AttackResult("clean", "clean", 100.0 * correct / len(images), seconds, len(images), None)
+    outcomes = torch.zeros(len(images), dtype=torch.bool)
+
+    def clean_batch(b: slice) -> int:
+        hits = correct_mask(view.model, view.to_input(to_device(images[b], device)),
+                            to_device(labels[b], device))
+        outcomes[b] = hits
+        return int(hits.sum())
+
+    correct, seconds = timed_batches(len(images), batch_size, device, clean_batch)
+    return AttackResult("clean", "clean", 100.0 * correct / len(images), seconds, len(images), None,
+                        outcomes, len(images))
 
 
 def run_attack(spec: AttackSpec, model: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
                mode: str, threat_model: str = "standard", num_classes: int = 10,
                batch_size: int = 500, device: str | torch.device = "cpu", seed: int = 0,
-               overrides: dict[str, Any] | None = None) -> AttackResult:
+               overrides: dict[str, Any] | None = None,
+               clean_correct: torch.Tensor | None = None) -> AttackResult:
     """Attack ``images`` ([0,1]) and return the attacked accuracy and the time of the whole pass.
 
     The timer covers adversarial generation and the prediction on the adversarial images of
     every batch, as the AE metric requires. Targeted mode aims at ``(y + 1) mod C`` (``% 10`` under
     beard-compat).
+
+    Under ``standard``, ``clean_correct`` (the clean outcomes of the same model and images) marks
+    the images worth attacking: one the model already gets wrong counts as not robust and is not
+    attacked (the AutoAttack / RobustBench convention). Accuracy stays a share of all images.
+    Under ``beard-compat`` every image is attacked, as BEARD did: its clamp in normalized space
+    can turn a wrong prediction into a right one, so skipping would change its numbers.
     """
     if mode == "targeted" and not spec.targeted:
         raise AttackError(f"{spec.name} has no targeted mode")
@@ -269,10 +304,18 @@ def run_attack(spec: AttackSpec, model: Classifier, images: torch.Tensor, labels
     if mode == "targeted":
         atk.set_mode_targeted_by_function(view.target, quiet=True)
 
-    def attack_batch(b: slice) -> int:
-        y = labels[b].to(device)
-        return count_correct(view.model, atk(view.to_input(images[b].to(device)), y), y)
+    attacked = torch.arange(len(images))
+    if clean_correct is not None and threat_model == "standard":
+        attacked = torch.nonzero(clean_correct.cpu()).flatten()
+    outcomes = torch.zeros(len(images), dtype=torch.bool)
 
-    correct, seconds = timed_batches(len(images), batch_size, device, attack_batch)
+    def attack_batch(b: slice) -> int:
+        idx = attacked[b]
+        y = to_device(labels[idx], device)
+        hits = correct_mask(view.model, atk(view.to_input(to_device(images[idx], device)), y), y)
+        outcomes[idx] = hits
+        return int(hits.sum())
+
+    correct, seconds = timed_batches(len(attacked), batch_size, device, attack_batch)
     return AttackResult(spec.name, mode, 100.0 * correct / len(images), seconds, len(images),
-                        spec.eps)
+                        spec.eps, outcomes, len(attacked))

@@ -20,10 +20,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def count_correct(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> int:
-    """How many of ``inputs`` ``model`` classifies as ``labels`` (no autograd graph)."""
+def correct_mask(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Which of ``inputs`` ``model`` classifies as ``labels`` (a bool tensor on the CPU; no
+    autograd graph)."""
     with torch.no_grad():
-        return int((model(inputs).argmax(1) == labels).sum())
+        return (model(inputs).argmax(1) == labels).cpu()
+
+
+def count_correct(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many of ``inputs`` ``model`` classifies as ``labels``."""
+    return int(correct_mask(model, inputs, labels).sum())
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``batch`` on ``device``; on CUDA from pinned memory without blocking, so the copy of the
+    next batch overlaps the work on this one."""
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
 
 
 def timed_batches(n: int, batch_size: int, device: torch.device,

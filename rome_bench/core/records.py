@@ -26,7 +26,7 @@ MODES = ("clean", "targeted", "untargeted")
 
 
 # fields a record may lack (older files): they take their defaults
-OPTIONAL_FIELDS = ("created", "versions", "outcomes")
+OPTIONAL_FIELDS = ("created", "versions", "outcomes", "n_attacked")
 
 
 class RecordError(RomeBenchError):
@@ -104,6 +104,9 @@ class Record:
     created: str = field(default_factory=now)
     versions: dict[str, str] = field(default_factory=dict)
     outcomes: str | None = None
+    # images the attack ran on (None in records that predate it): under ``standard``, images the
+    # model misclassifies on clean input count as lost without being attacked
+    n_attacked: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)

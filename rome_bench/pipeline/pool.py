@@ -26,7 +26,7 @@ from rome_bench.data.datasets import (
     load_dataset,
 )
 from rome_bench.pipeline.config import Plan, available_cores
-from rome_bench.pipeline.stages import CellOutcome, load_test_set, run_cell
+from rome_bench.pipeline.stages import CellOutcome, load_test_set, prepare_device, run_cell
 
 _WORKER: dict[str, Any] = {}
 
@@ -49,6 +49,7 @@ def _init_worker(plan: Plan, threads: int) -> None:
     """Load the data once per worker process; each worker uses ``threads`` torch threads."""
     _die_with_parent()
     torch.set_num_threads(threads)
+    prepare_device(plan.device)
     # bars from several processes collide: workers report progress as lines instead
     quiet = replace(plan.config, show_progress=False, progress_lines=plan.config.show_progress)
     _WORKER["plan"] = replace(plan, config=quiet)

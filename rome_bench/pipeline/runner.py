@@ -34,7 +34,15 @@ from rome_bench.data.distilled import DistilledSet
 from rome_bench.models.convnet import load_dc_checkpoint
 from rome_bench.pipeline.config import Plan, PlanError, RunConfig, plan_run
 from rome_bench.pipeline.pool import run_parallel
-from rome_bench.pipeline.stages import distill, distill_key, evaluate_model, load_test_set, retrain, run_cell
+from rome_bench.pipeline.stages import (
+    distill,
+    distill_key,
+    evaluate_model,
+    load_test_set,
+    prepare_device,
+    retrain,
+    run_cell,
+)
 from rome_bench.reporting import figures
 from rome_bench.reporting.tables import write_tables
 
@@ -47,6 +55,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
     """
     plan = plan_run(config)
     echo(plan.describe())
+    prepare_device(plan.device)
     remove_orphans(plan)
     store = RecordStore(plan.out / "records.jsonl")
     # loaded once here: the serial loop, transfer and the figures use it, and with workers it
@@ -146,7 +155,7 @@ def transfer_records(plan: Plan, cache: Cache, images: torch.Tensor, labels: tor
     for (ipc, repeat), group in sorted(groups.items()):
         results = blackbox.transfer_study(
             group, images, labels, specs, plan.modes, plan.threat_models,
-            num_classes=plan.dataset.num_classes, batch_size=plan.preset.attacks.batch_size,
+            num_classes=plan.dataset.num_classes, batch_size=plan.preset.attacks.batch_size_on(plan.device),
             device=plan.device, seed=plan.config.seed,
             overrides=lambda name: plan.preset.attacks.overrides.get(name, {}), cache=cache,
             context=context, fresh=plan.config.fresh, show_progress=plan.config.show_progress)
@@ -217,6 +226,7 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
          f"({plan.test_subset or 'all'} test images), preset {plan.preset.name}, threat "
          f"{', '.join(plan.threat_models)}, settings {', '.join(plan.settings)}, output {plan.out}")
     test = load_test_set(plan)
+    prepare_device(plan.device)
     remove_orphans(plan)
     store = RecordStore(plan.out / "records.jsonl")
     records: list[Record] = []

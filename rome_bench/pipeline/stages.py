@@ -18,7 +18,7 @@ from rome_bench.attacks import suite as attacks_mod
 from rome_bench.attacks.suite import AttackSpec, clean_accuracy, run_attack
 from rome_bench.core.cache import Cache, content_key
 from rome_bench.core.catalog import METHODS
-from rome_bench.core.records import Record, RecordStore, versions
+from rome_bench.core.records import Record, RecordStore, pack_outcomes, unpack_outcomes, versions
 from rome_bench.core.registry import RomeBenchError
 from rome_bench.core.storage import atomic_torch_save, atomic_write_json, load_tensor_file, read_json
 from rome_bench.core.version import __version__
@@ -160,8 +160,13 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
 
 
 def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpec | None, mode: str,
-            threat_model: str, plan: Plan, cache: Cache) -> dict[str, Any]:
-    """One measurement (clean when ``attack`` is None), cached by model, attack and test set."""
+            threat_model: str, plan: Plan, cache: Cache,
+            clean: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One measurement (clean when ``attack`` is None), cached by model, attack and test set.
+
+    ``clean`` is the clean measurement of the same model and threat model: under ``standard``
+    its per-image outcomes decide which images are attacked (see ``run_attack``).
+    """
     overrides = plan.preset.attacks.overrides.get(attack.name, {}) if attack else {}
     key = content_key(stage="measure", model=model_key, attack=attack.name if attack else "clean",
                       params=attack.params if attack else None, overrides=overrides, mode=mode,
@@ -170,18 +175,23 @@ def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpe
                       code=plan.code_of("attacks", attacks_mod), version=__version__)
     path = cache.measurement(key)
     cached = None if plan.config.fresh else read_json(path)
-    if cached is not None:
+    if cached is not None and "outcomes" in cached:
         return cached
+    batch_size = plan.preset.attacks.batch_size_on(plan.device)
     if attack is None:
         res = clean_accuracy(model, test.images, test.labels, threat_model=threat_model,
-                             batch_size=plan.preset.attacks.batch_size, device=plan.device)
+                             batch_size=batch_size, device=plan.device)
     else:
+        clean_correct = None
+        if clean is not None:
+            clean_correct = torch.from_numpy(unpack_outcomes(clean["outcomes"], len(test.labels)))
         res = run_attack(attack, model, test.images, test.labels, mode=mode,
                          threat_model=threat_model, num_classes=plan.dataset.num_classes,
-                         batch_size=plan.preset.attacks.batch_size, device=plan.device,
-                         seed=plan.config.seed, overrides=overrides)
+                         batch_size=batch_size, device=plan.device, seed=plan.config.seed,
+                         overrides=overrides, clean_correct=clean_correct)
     out = {"attack": res.attack, "mode": res.mode, "accuracy": res.accuracy,
-           "seconds": res.seconds, "n_images": res.n_images, "eps": res.eps}
+           "seconds": res.seconds, "n_images": res.n_images, "eps": res.eps,
+           "n_attacked": res.n_attacked, "outcomes": pack_outcomes(res.outcomes.numpy())}
     atomic_write_json(path, out)
     return out
 
@@ -200,17 +210,28 @@ def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan
                 jobs.append((atk, mode, threat))
     vers = versions()
     records = []
+    clean: dict[str, dict[str, Any]] = {}  # per threat model, measured once for all its attacks
     desc = f"attack {method} " + ("full" if ipc == 0 else f"ipc{ipc}") + f" #{repeat}"
     for atk, mode, threat in tqdm(jobs, desc=desc, leave=False, dynamic_ncols=True,
                                   disable=not plan.config.show_progress):
-        m = measure(model, model_key, test, atk, mode, threat, plan, cache)
+        m = measure(model, model_key, test, atk, mode, threat, plan, cache, clean.get(threat))
+        if atk is None:
+            clean[threat] = m
         records.append(Record(
             run_id=plan.run_id, method=method, dataset=plan.dataset.name, ipc=ipc,
             seed=plan.config.seed, repeat=repeat, arch=plan.config.arch, preset=plan.preset.name,
             threat_model=threat, setting=atk.setting if atk else "white-box", source_model=None,
             mode=mode, attack=m["attack"], eps=m["eps"], accuracy=m["accuracy"],
-            seconds=m["seconds"], n_images=m["n_images"], versions=vers))
+            seconds=m["seconds"], n_images=m["n_images"], versions=vers,
+            n_attacked=m["n_attacked"], outcomes=m["outcomes"]))
     return records
+
+
+def prepare_device(device: str) -> None:
+    """On CUDA let cuDNN pick the fastest convolution kernels for the fixed shapes of a run (the
+    same arithmetic, in full precision; attacks never use mixed precision)."""
+    if str(device).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
 
 
 def load_test_set(plan: Plan) -> ImageSet:
