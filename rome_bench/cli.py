@@ -177,7 +177,7 @@ def run(method: str, dry_run: bool, alpha: float, **kw) -> None:
 
     config = _config(methods=method.split(","), **kw)
     if dry_run:
-        click.echo(pipeline.plan_run(config).describe())
+        click.echo(pipeline.plan_run(config, require_data=False).describe())
         return
     plan, records = pipeline.run(config, echo=click.echo)
     _finish(plan, records, alpha)
