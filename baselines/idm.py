@@ -38,8 +38,10 @@ from rome_bench.methods.distribution_matching import (
 
 # paper: command.txt (CIFAR-10): ce_weight 0.5/0.5/0.1; IPC 1 uses batch_real 5000 (the whole
 # class) and a new net every 5 iterations; eval_interval (the meter reset) 100/100/500; the
-# other values are IDM_cifar10.py defaults.
-PAPER = {"iterations": 20000, "lr_img": 0.2, "momentum_img": 0.5, "batch_real": 256,
+# other values are IDM_cifar10.py defaults. Iteration 20000 runs ``range(Iteration + 1)``, an
+# image update in each pass: 20001 updates. CIFAR-100 (command.txt, IDM_cifar100.py): the same,
+# except ce_weight 0.1 and model_train_steps 50 at IPC 10 (IPC 50 keeps the default 10).
+PAPER = {"iterations": 20001, "lr_img": 0.2, "momentum_img": 0.5, "batch_real": 256,
          "ce_weight": 0.5, "net_num": 100, "initial_nets": 3, "net_generate_interval": 30,
          "net_push_num": 1, "fetch_net_num": 2, "model_train_steps": 10, "trained_bs": 256,
          "lr_net": 0.01, "meter_reset_interval": 100, "factor": 2}
@@ -56,7 +58,8 @@ QUICK = {"iterations": 5, "batch_real": 16, "net_num": 3, "initial_nets": 2,
          "net_generate_interval": 2, "fetch_net_num": 1, "model_train_steps": 1,
          "trained_bs": 64, "meter_reset_interval": 0}
 BUDGETS = {
-    "paper": {"all": PAPER, **PAPER_PER_IPC},
+    "paper": {"all": PAPER, **PAPER_PER_IPC,
+              "datasets": {"cifar100": {10: {"ce_weight": 0.1, "model_train_steps": 50}}}},
     "cpu": {"all": {**PAPER, **CPU},
             1: {"ce_weight": 0.5, "iterations": 250, "batch_real": 128, "net_num": 3,
                 "net_generate_interval": 2, "meter_reset_interval": 6},

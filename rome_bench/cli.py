@@ -99,7 +99,17 @@ def eval_options(f):
     f = click.option("--quiet", is_flag=True, help="No progress bars.")(f)
     f = click.option("--alpha", type=float, default=0.5, show_default=True,
                      help="CREI weight of RR (and I-RR) against AE.")(f)
+    f = ae_baseline_option(f)
     return f
+
+
+def ae_baseline_option(f):
+    """``--ae-baseline``: AE's clean-time baseline T0 (docs/metrics.md)."""
+    return click.option("--ae-baseline", "ae_baseline", type=click.Choice(["same-mode", "min"]),
+                        default="same-mode", show_default=True,
+                        help="AE's clean time T0 per IPC: the clean timing of the same mode, or "
+                             "the smaller of the targeted and untargeted ones (BEARD's "
+                             "auto_metrics.py); differs only for BEARD logs.")(f)
 
 
 def _config(**kw):
@@ -129,18 +139,20 @@ def parse_jobs(text: str | None) -> int | None:
     return jobs
 
 
-def _finish(plan, records, alpha: float) -> None:
+def _finish(plan, records, alpha: float, ae_baseline: str = "same-mode") -> None:
     from rome_bench.reporting.tables import format_tables, tables_for, write_tables
     from rome_bench.reporting.uncertainty import Bootstrap
 
     if not records:
         click.echo("no records were produced")
         return
-    if alpha != 0.5:  # the run wrote its tables with the default; rewrite with the chosen alpha
-        write_tables(records, plan.out, alpha)
+    if alpha != 0.5 or ae_baseline != "same-mode":
+        # the run wrote its tables with the defaults; rewrite them with the chosen options
+        write_tables(records, plan.out, alpha, ae_baseline)
     click.echo("")
     # what the terminal shows carries 95% bootstrap intervals; the files stay the published layout
-    click.echo(format_tables(records, tables_for(records), "markdown", alpha, ci=Bootstrap()))
+    click.echo(format_tables(records, tables_for(records), "markdown", alpha, ci=Bootstrap(),
+                             ae_baseline=ae_baseline))
     click.echo(f"\nrecords: {plan.out / 'records.jsonl'}")
     click.echo(f"tables:  {plan.out}/tables.md (+ CSV and LaTeX files)")
 
@@ -173,7 +185,7 @@ def bootstrap_options(f):
               help="Cells computed side by side in N worker processes (auto: one per CPU core, "
                    "at most 4, on a CPU; 1 on a GPU). Results do not depend on it.")
 @eval_options
-def run(method: str, dry_run: bool, alpha: float, **kw) -> None:
+def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> None:
     """Distill (or load), retrain, attack, and print the comparison table.
 
     \b
@@ -190,10 +202,10 @@ def run(method: str, dry_run: bool, alpha: float, **kw) -> None:
 
     config = _config(methods=method.split(","), **kw)
     if dry_run:
-        click.echo(pipeline.plan_run(config).describe())
+        click.echo(pipeline.plan_run(config, require_data=False).describe())
         return
     plan, records = pipeline.run(config, echo=click.echo)
-    _finish(plan, records, alpha)
+    _finish(plan, records, alpha, ae_baseline)
 
 
 # -- evaluate -----------------------------------------------------------------------------
@@ -207,7 +219,7 @@ def run(method: str, dry_run: bool, alpha: float, **kw) -> None:
 @data_options
 @eval_options
 def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int | None,
-             alpha: float, **kw) -> None:
+             alpha: float, ae_baseline: str, **kw) -> None:
     """Evaluate given distilled sets (retraining first) or given trained models.
 
     \b
@@ -233,7 +245,7 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
         plan, records = pipeline.evaluate_checkpoints(config, pairs, ipc, echo=click.echo)
     else:
         plan, records = pipeline.evaluate_distilled(config, list(distilled), echo=click.echo)
-    _finish(plan, records, alpha)
+    _finish(plan, records, alpha, ae_baseline)
 
 
 # -- table ---------------------------------------------------------------------------------
@@ -254,9 +266,10 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
 @click.option("--per-ipc", is_flag=True, help="One robustness row per IPC instead of pooling.")
 @click.option("--alpha", type=float, default=0.5, show_default=True)
 @bootstrap_options
+@ae_baseline_option
 def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
           threat_model: str | None, preset: str | None, per_ipc: bool, alpha: float, ci: bool,
-          resamples: int, bootstrap_seed: int) -> None:
+          resamples: int, bootstrap_seed: int, ae_baseline: str) -> None:
     """Tables from records files or run folders.
 
     \b
@@ -276,7 +289,8 @@ def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
     rows = read_records(list(records))
     boot = Bootstrap(resamples, bootstrap_seed)
     click.echo(format_tables(rows, tables_for(rows, kind), fmt, alpha, reference, threat_model,
-                             preset, per_ipc, ci=boot if ci else None, bootstrap=boot))
+                             preset, per_ipc, ci=boot if ci else None, bootstrap=boot,
+                             ae_baseline=ae_baseline))
 
 
 # -- plot ----------------------------------------------------------------------------------

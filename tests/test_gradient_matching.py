@@ -188,8 +188,10 @@ def test_registered_methods_and_budgets():
     assert dc.meta["retrain_augment"] is False and dsa.meta["retrain_augment"] is True
     for entry in (dc, dsa):
         paper = entry.meta["budgets"]["paper"]
-        assert paper["all"]["iterations"] == 1000 and paper["all"]["lr_img"] == 0.1
-        assert paper["all"]["batch_real"] == 256 and paper["all"]["init"] == "real"
+        # range(Iteration + 1) with an update per pass; DC from noise, DSA from real images
+        assert paper["all"]["iterations"] == 1001 and paper["all"]["lr_img"] == 0.1
+        assert paper["all"]["batch_real"] == 256
+        assert paper["all"]["init"] == ("noise" if entry is dc else "real")
         assert (paper[10]["outer_loop"], paper[10]["inner_loop"]) == (10, 50)
         for preset in ("quick", "cpu"):
             for ipc in (1, 10):

@@ -212,22 +212,19 @@ def test_four_variants_are_registered_with_dsa_retraining_and_paper_budgets():
         assert entry.meta["in_all"] == (name in ("rome", "rome-compat"))
     budgets = METHODS.entry("rome").meta["budgets"]
     p1, p10, p50 = (resolve_budget(budgets, "paper", i) for i in (1, 10, 50))
-    assert p10["iterations"] == 20000 and p10["alpha"] == 0.2 and p10["lr_img"] == 0.2
+    assert p10["iterations"] == 20001 and p10["alpha"] == 0.2 and p10["lr_img"] == 0.2
     assert (p1["ce_weight"], p1["batch_real"], p1["net_generate_interval"]) == (0.5, 5000, 5)
     assert (p10["ce_weight"], p10["batch_real"], p10["model_train_steps"]) == (0.5, 256, 10)
     assert p50["ce_weight"] == 0.1
 
 
-def test_cifar100_paper_values_apply_unless_overridden():
-    c100 = DATASETS.get("cifar100")
-    params = resolve_budget(rome_mod.BUDGETS, "paper", 10)
-    cfg = MethodConfig(seed=0, preset="paper", dataset=c100, params=params)
-    got = rome_mod._dataset_params(cfg, 10)
-    assert (got["ce_weight"], got["model_train_steps"]) == (0.1, 50)
-    cfg = MethodConfig(seed=0, preset="paper", dataset=c100, params={**params, "ce_weight": 0.3})
-    assert rome_mod._dataset_params(cfg, 10)["ce_weight"] == 0.3
-    cfg = MethodConfig(seed=0, preset="paper", dataset=SPEC, params=params)
-    assert rome_mod._dataset_params(cfg, 10) == params
+def test_cifar100_paper_values_come_from_the_budgets_dataset_layer():
+    p10 = resolve_budget(rome_mod.BUDGETS, "paper", 10, "cifar100")
+    assert (p10["ce_weight"], p10["model_train_steps"]) == (0.1, 50)
+    assert resolve_budget(rome_mod.BUDGETS, "paper", 10, "cifar10")["ce_weight"] == 0.5
+    # the scaled presets have no CIFAR-100 entry
+    assert resolve_budget(rome_mod.BUDGETS, "quick", 10, "cifar100") == \
+        resolve_budget(rome_mod.BUDGETS, "quick", 10)
 
 
 @pytest.mark.parametrize("name, transform, prior, compat", [

@@ -21,19 +21,22 @@ from tqdm.auto import tqdm
 
 from rome_bench.core.catalog import DEFAULT_ROW_ORDER, METHODS
 from rome_bench.data.augment import DSA
-from rome_bench.data.datasets import DatasetSpec, ImageSet
+from rome_bench.data.datasets import DATASETS, DatasetSpec, ImageSet
 from rome_bench.data.distilled import DistilledSet
 
 MethodFn = Callable[[ImageSet, int, "MethodConfig"], DistilledSet]
 
-Budgets = dict[str, dict[Any, dict[str, Any]]]
+Budgets = dict[str, dict[Any, Any]]
+
+DATASETS_KEY = "datasets"  # the per-dataset layer of a preset's budget table
 
 
 def register_method(name: str, *aliases: str, description: str = "", display: str | None = None,
                     order: int = DEFAULT_ROW_ORDER, published_as: str | None = None,
                     retrain_augment: bool = True, ipc_independent: bool = False,
                     in_all: bool = True, implemented: bool = True,
-                    budgets: Budgets | None = None) -> Callable[[MethodFn], MethodFn]:
+                    budgets: Budgets | None = None, plan_note: str | None = None
+                    ) -> Callable[[MethodFn], MethodFn]:
     """Register a distillation method.
 
     Args:
@@ -49,9 +52,14 @@ def register_method(name: str, *aliases: str, description: str = "", display: st
         ipc_independent: the result does not depend on the IPC (``full``); built once.
         in_all: part of ``--method all``.
         implemented: False for placeholders that raise NotImplementedError; never in ``all``.
-        budgets: hyperparameters per preset, ``{preset: {"all": {...}, ipc: {...}}}``; the
-            pipeline resolves them (plus any preset override) into ``cfg.params`` and prints
-            them in the run plan. The ``paper`` entry holds the published values.
+        budgets: hyperparameters per preset: ``{preset: {"all": {...}, ipc: {...},
+            "datasets": {dataset: {"all": {...}, ipc: {...}}}}}``, where the optional
+            ``"datasets"`` layer holds what differs on one dataset (its IPC rows must be IPCs
+            the preset lists). The pipeline resolves them for the run's preset, dataset and
+            IPC (:func:`resolve_budget`) into ``cfg.params`` and prints them in the run plan.
+            The ``paper`` entry holds the published values.
+        plan_note: one line the run plan prints for the method: a deliberate departure from
+            the reference that no budget value shows.
 
     >>> @register_method("doc-first-images", description="first ipc images per class")
     ... def first_images(train, ipc, cfg):
@@ -60,6 +68,7 @@ def register_method(name: str, *aliases: str, description: str = "", display: st
     >>> "doc-first-images" in METHODS
     True
     """
+    check_budgets(name, budgets or {})
     existing = METHODS.find(name)
     if existing is not None and not existing.meta.get("implemented", True):
         METHODS.remove(existing)  # a real implementation replaces its placeholder
@@ -67,19 +76,61 @@ def register_method(name: str, *aliases: str, description: str = "", display: st
                             order=order, published_as=published_as,
                             retrain_augment=retrain_augment, ipc_independent=ipc_independent,
                             in_all=in_all and implemented, implemented=implemented,
-                            budgets=budgets or {})
+                            budgets=budgets or {}, plan_note=plan_note)
 
 
-def resolve_budget(budgets: Budgets, preset: str, ipc: int) -> dict[str, Any]:
-    """``budgets[preset]["all"]`` updated with ``budgets[preset][ipc]`` (nearest listed IPC)."""
+def resolve_budget(budgets: Budgets, preset: str, ipc: int, dataset: str | None = None
+                   ) -> dict[str, Any]:
+    """A method's hyperparameters for one preset, IPC and dataset.
+
+    The preset's table gives ``"all"`` updated with the row of ``ipc`` (the nearest listed IPC
+    when ``ipc`` is not listed); its ``"datasets"`` entry for ``dataset`` (a canonical dataset
+    name), if any, then applies its own ``"all"`` and its row of that same IPC. One IPC row is
+    chosen for both layers, so a dataset never changes which IPC's values apply.
+
+    >>> b = {"paper": {"all": {"steps": 10, "w": 0.5}, 1: {}, 10: {"w": 0.1},
+    ...                "datasets": {"cifar100": {10: {"steps": 50}}}}}
+    >>> resolve_budget(b, "paper", 10), resolve_budget(b, "paper", 10, "cifar100")
+    ({'steps': 10, 'w': 0.1}, {'steps': 50, 'w': 0.1})
+    >>> resolve_budget(b, "paper", 1, "cifar100")
+    {'steps': 10, 'w': 0.5}
+    """
     table = budgets.get(preset, {})
+    row = _ipc_row(table, ipc)
     out = dict(table.get("all", {}))
-    ipc_keys = [k for k in table if isinstance(k, int)]
-    if ipc in table:
-        out.update(table[ipc])
-    elif ipc_keys:
-        out.update(table[min(ipc_keys, key=lambda k: (abs(k - ipc), k))])
+    if row is not None:
+        out.update(table[row])
+    per_dataset = table.get(DATASETS_KEY, {}).get(dataset, {}) if dataset else {}
+    out.update(per_dataset.get("all", {}))
+    if row is not None and row in per_dataset:
+        out.update(per_dataset[row])
     return out
+
+
+def _ipc_row(table: dict[Any, Any], ipc: int) -> int | None:
+    """``ipc`` if the table lists it, else the nearest listed IPC (the smaller on a tie)."""
+    keys = [k for k in table if isinstance(k, int)]
+    if ipc in keys:
+        return ipc
+    return min(keys, key=lambda k: (abs(k - ipc), k)) if keys else None
+
+
+def check_budgets(name: str, budgets: Budgets) -> None:
+    """Reject a budgets table :func:`resolve_budget` would read wrongly: unknown keys, unknown
+    datasets, or a dataset row for an IPC the preset does not list (it would never apply)."""
+    for preset, table in budgets.items():
+        ipcs = {k for k in table if isinstance(k, int)}
+        bad = [k for k in table if not isinstance(k, int) and k not in ("all", DATASETS_KEY)]
+        for ds, sub in table.get(DATASETS_KEY, {}).items():
+            if ds != DATASETS.get(ds).name:
+                raise ValueError(f"method '{name}': budgets['{preset}']['{DATASETS_KEY}'] must "
+                                 f"use canonical dataset names ('{DATASETS.get(ds).name}', not "
+                                 f"'{ds}')")
+            bad += [f"{ds}:{k}" for k in sub if k != "all" and k not in ipcs]
+        if bad:
+            raise ValueError(f"method '{name}': budgets['{preset}'] has keys {bad} that are "
+                             f"neither 'all', '{DATASETS_KEY}' nor an IPC the preset lists "
+                             f"({sorted(ipcs)})")
 
 
 def not_implemented_method(name: str, issue: int, what: str) -> None:

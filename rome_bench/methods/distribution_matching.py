@@ -270,7 +270,8 @@ RealTransform = Callable[[Classifier, torch.Tensor, torch.Tensor], torch.Tensor]
 # The per-IPC settings of IDM's reference commands on CIFAR-10 (IDM's command.txt), which
 # ROME's command.txt repeats: ce_weight 0.5/0.5/0.1; IPC 1 matches against the whole class
 # (batch_real 5000) with a new net every 5 iterations; the meter reset follows eval_interval
-# (100, or 500 at IPC 50). As a budgets table: ``{"all": ..., **PAPER_PER_IPC}``.
+# (100, or 500 at IPC 50). As a budgets table: ``{"all": ..., **PAPER_PER_IPC}``. The
+# CIFAR-100 commands differ per method (see each method's ``"datasets"`` budget entry).
 PAPER_PER_IPC: dict[int, dict[str, Any]] = {
     1: {"ce_weight": 0.5, "batch_real": 5000, "net_generate_interval": 5},
     10: {"ce_weight": 0.5},

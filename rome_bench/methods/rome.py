@@ -69,7 +69,7 @@ from torch import nn
 
 from rome_bench.data.datasets import ImageSet
 from rome_bench.data.distilled import DistilledSet
-from rome_bench.methods.contract import MethodConfig, register_method, resolve_budget
+from rome_bench.methods.contract import MethodConfig, register_method
 from rome_bench.methods.distribution_matching import (
     PAPER_PER_IPC,
     ClassTerms,
@@ -86,15 +86,15 @@ ALPHA = 0.2  # the reference's hard-coded trade-off between L_rob and L_perf
 # paper: command.txt (CIFAR-10): ce_weight 0.5 / 0.5 / 0.1; IPC 1 uses batch_real 5000 (the
 # whole class) and a new net every 5 iterations; the meter reset follows eval_interval
 # (100 / 100 / 500); everything else is ROME_cifar10.py's defaults (the same as IDM's).
-PAPER = {"iterations": 20000, "lr_img": 0.2, "momentum_img": 0.5, "batch_real": 256,
+# Iteration 20000 runs ``range(Iteration + 1)`` with an update in each pass: 20001 updates.
+PAPER = {"iterations": 20001, "lr_img": 0.2, "momentum_img": 0.5, "batch_real": 256,
          "ce_weight": 0.5, "net_num": 100, "initial_nets": 3, "net_generate_interval": 30,
          "net_push_num": 1, "fetch_net_num": 2, "model_train_steps": 10, "trained_bs": 256,
          "lr_net": 0.01, "meter_reset_interval": 100, "factor": 2, "alpha": ALPHA}
-# CIFAR-100 (command.txt): applied by the method itself at the paper preset, since budgets are
-# not keyed by dataset (see _dataset_params).
-PAPER_CIFAR100 = {1: {"ce_weight": 0.5, "batch_real": 5000, "net_generate_interval": 5},
-                  10: {"ce_weight": 0.1, "model_train_steps": 50},
-                  50: {"ce_weight": 0.1, "model_train_steps": 50, "meter_reset_interval": 500}}
+# CIFAR-100 (command.txt): IPC 1 as CIFAR-10; ce_weight 0.1 and model_train_steps 50 at IPC 10;
+# model_train_steps 50 at IPC 50 (ce_weight 0.1 and the 500-iteration meter reset as CIFAR-10).
+PAPER_CIFAR100 = {10: {"ce_weight": 0.1, "model_train_steps": 50},
+                  50: {"model_train_steps": 50}}
 # cpu/quick keep the loss, alpha, the PGD (eps, step, 10 steps, random start), lr, momentum,
 # ce_weight, factorization and init, and scale what IDM's cpu/quick scale: iterations, the
 # queue (capacity and push interval shrink with the iterations so it fills early and turns
@@ -114,7 +114,7 @@ QUICK = {"iterations": 3, "batch_real": 8, "net_num": 3, "initial_nets": 2,
          "net_generate_interval": 3, "fetch_net_num": 1, "model_train_steps": 1, "trained_bs": 16,
          "meter_reset_interval": 0}
 BUDGETS = {
-    "paper": {"all": PAPER, **PAPER_PER_IPC},
+    "paper": {"all": PAPER, **PAPER_PER_IPC, "datasets": {"cifar100": PAPER_CIFAR100}},
     "cpu": {"all": {**PAPER, **CPU},
             1: {"ce_weight": 0.5, "iterations": 120, "net_generate_interval": 8},
             10: {"ce_weight": 0.5},
@@ -257,21 +257,6 @@ def rome_class_loss(terms: ClassTerms, s: QueueMatchingConfig, alpha: float = AL
     return alpha * rob + weighted_ce(terms, (1 - alpha) * s.ce_weight)
 
 
-def _dataset_params(cfg: MethodConfig, ipc: int) -> dict[str, Any]:
-    """``cfg.params`` with the CIFAR-100 command-line values at the paper preset.
-
-    A key is replaced only while it still holds the CIFAR-10 paper value, so explicit
-    overrides win.
-    """
-    params = dict(cfg.params)
-    if cfg.preset == "paper" and cfg.dataset.name == "cifar100":
-        c10 = resolve_budget(BUDGETS, "paper", ipc)
-        for k, v in resolve_budget({"paper": PAPER_CIFAR100}, "paper", ipc).items():
-            if params.get(k, c10.get(k)) == c10.get(k):
-                params[k] = v
-    return params
-
-
 @dataclass(frozen=True)
 class Variant:
     """Which parts of ROME are on, and the PGD they use."""
@@ -292,7 +277,7 @@ VARIANTS = {
 def distill_rome(train: ImageSet, ipc: int, cfg: MethodConfig, variant: Variant,
                  name: str = "rome") -> DistilledSet:
     """Run ROME (or an ablation) and return the expanded [0,1] set."""
-    params = _dataset_params(cfg, ipc)
+    params = cfg.params
     alpha = float(params.get("alpha", ALPHA))
     settings = QueueMatchingConfig.from_params(params)
     spec = cfg.dataset

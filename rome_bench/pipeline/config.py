@@ -110,8 +110,7 @@ class Plan:
         lines = [f"rome-bench {__version__} run {self.run_id}",
                  f"  preset     {self.preset.name}: {self.preset.description}",
                  f"  scaled     {self.preset.scaled}",
-                 f"  dataset    {self.dataset.name}" + (f" from {self.config.data_root}"
-                                                        if self.config.data_root else ""),
+                 f"  dataset    {self.dataset.name}" + self._data_text(),
                  f"  arch       {self.config.arch}, {self._models_text()}, seed "
                  f"{self.config.seed}, device {self.device}, {self.jobs} worker(s)",
                  f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
@@ -126,9 +125,17 @@ class Plan:
             epochs = (self.preset.retrain.full if entry.meta.get("ipc_independent")
                       else self.preset.retrain.for_ipc(c.ipc, entry.meta.get("retrain_augment", True)))
             budget = ", ".join(f"{k}={v}" for k, v in sorted(c.params.items()) if k != "path")
-            lines.append(f"    {c.label or c.method:<14} {ipc:<16} retrain {epochs} epochs"
+            lines.append(f"    {c.label or c.method:<14} {ipc:<16} retrain "
+                         f"{self.preset.retrain.describe(epochs)}"
                          + (f" | {budget}" if budget else ""))
+        notes = {c.method: METHODS.entry(c.method).meta.get("plan_note") for c in self.cells}
+        lines += [f"  note       {m}: {n}" for m, n in notes.items() if n]
         return "\n".join(lines)
+
+    def _data_text(self) -> str:
+        if self.config.data_root:
+            return f" from {self.config.data_root}"
+        return " (no --data-root: a plan only)" if self.dataset.needs_root else ""
 
     def _models_text(self) -> str:
         first, last = self.config.first_repeat, self.repeats - 1
@@ -181,11 +188,15 @@ def expand_methods(names: list[str]) -> list[tuple[str, dict[str, Any], str]]:
     return unique
 
 
-def plan_run(config: RunConfig) -> Plan:
-    """Resolve and validate every option (no computation yet)."""
+def plan_run(config: RunConfig, *, require_data: bool = True) -> Plan:
+    """Resolve and validate every option (no computation yet).
+
+    ``require_data=False`` plans a run that will not start (``run --dry-run``): a dataset that
+    reads from disk may then lack ``--data-root``; nothing is loaded either way.
+    """
     preset = PRESETS.get(config.preset)
     dataset = DATASETS.get(config.dataset or preset.dataset)
-    if dataset.needs_root and not config.data_root:
+    if require_data and dataset.needs_root and not config.data_root:
         raise PlanError(f"dataset '{dataset.name}' needs --data-root (the '{preset.name}' preset "
                         "reads real CIFAR from disk)")
     ARCHS.get(config.arch)
@@ -206,8 +217,9 @@ def plan_run(config: RunConfig) -> Plan:
         elif name == "file":
             cells.append(Cell(name, -1, params, label))  # IPC read from the file
         else:
-            cells.extend(Cell(name, ipc, {**resolve_budget(entry.meta.get("budgets", {}),
-                                                            preset.name, ipc), **params}, label)
+            budgets = entry.meta.get("budgets", {})
+            cells.extend(Cell(name, ipc, {**resolve_budget(budgets, preset.name, ipc,
+                                                            dataset.name), **params}, label)
                          for ipc in ipcs)
     attack_specs = attacks_mod.parse_attacks(config.attacks)
     modes = attacks_mod.parse_modes(config.modes)

@@ -120,6 +120,7 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
     else:
         epochs = plan.preset.retrain.for_ipc(budget_ipc, augment)
     cfg = train_mod.TrainConfig(epochs=epochs, lr=float(distilled.meta.get("lr", 0.01)),
+                                decay_epoch=plan.preset.retrain.decay_epoch(epochs),
                                 augment=augment,
                                 batch_size=int(distilled.meta.get("retrain_batch_size", 256)))
     seed = plan.config.seed * 1000 + repeat

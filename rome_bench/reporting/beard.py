@@ -5,9 +5,10 @@ BEARD writes one line per attack, for example::
     ... - INFO - PGD attack on DC: final acc is:  target_attack: 41.20 +- 0.00, attack time is
     8.10; non_target_attack: 25.40 +- 0.00, attack time is 8.20, dataset: CIFAR10, IPC: 10, ...
 
-The method and IPC come from each line. A ``Clean`` line becomes two clean records (its
-targeted and untargeted timings; the metrics take the smaller time). Targeted entries of
-DeepFool and AutoAttack only repeat the clean numbers in BEARD's logs and are dropped.
+The method and IPC come from each line. A ``Clean`` line becomes two clean records, its
+targeted and its untargeted timing, each naming its pass in ``versions["clean_pass"]`` (AE's
+baseline uses the timing of the mode it scores, or with ``--ae-baseline min`` the smaller).
+Targeted entries of DeepFool and AutoAttack only repeat the clean numbers in BEARD's logs and are dropped.
 Everything imported carries ``threat_model='beard-compat'`` and ``preset='beard-log'``.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from rome_bench.core.records import Record, now
 from rome_bench.core.registry import RomeBenchError
+from rome_bench.reporting.metrics import CLEAN_PASS
 
 LINE = re.compile(
     r"(?P<attack>[\w\-\+]+) attack on (?P<method>[^:]+?): final acc is:\s*"
@@ -68,10 +70,10 @@ def parse_beard_logs(paths: list[str | Path], run_id: str = "beard-import") -> l
             t_acc, u_acc = float(m["t_acc"]), float(m["u_acc"])
             t_time, u_time = float(m["t_time"]), float(m["u_time"])
             if attack == "clean":
-                records.append(Record(**common, mode="clean", attack="clean", accuracy=t_acc,
-                                      seconds=t_time))
-                records.append(Record(**common, mode="clean", attack="clean", accuracy=u_acc,
-                                      seconds=u_time))
+                for acc, secs, pass_ in ((t_acc, t_time, "targeted"), (u_acc, u_time, "untargeted")):
+                    records.append(Record(**{**common, "versions": {**common["versions"],
+                                                                    CLEAN_PASS: pass_}},
+                                          mode="clean", attack="clean", accuracy=acc, seconds=secs))
                 continue
             if attack not in UNTARGETED_ONLY:
                 records.append(Record(**common, mode="targeted", attack=attack, accuracy=t_acc,

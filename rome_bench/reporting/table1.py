@@ -19,7 +19,7 @@ from rome_bench.reporting.layout import (
     render_table,
     split_groups,
 )
-from rome_bench.reporting.metrics import METRICS, MetricRow, metric_table
+from rome_bench.reporting.metrics import DEFAULT_AE_BASELINE, METRICS, MetricRow, metric_table
 from rome_bench.reporting.naming import (
     display_dataset,
     display_method,
@@ -60,10 +60,19 @@ class Table1Row:
     ipcs: list[int]
 
 
-def table1_rows(records: list[Record], alpha: float = 0.5, per_ipc: bool = False) -> list[Table1Row]:
+AE_BASELINE_NOTES = {
+    "same-mode": "AE's clean time T0: the clean timing of the same mode (--ae-baseline same-mode).",
+    "min": "AE's clean time T0: the smaller of the targeted and untargeted clean timings "
+           "(--ae-baseline min, BEARD's released auto_metrics.py).",
+}
+
+
+def table1_rows(records: list[Record], alpha: float = 0.5, per_ipc: bool = False,
+                ae_baseline: str = DEFAULT_AE_BASELINE) -> list[Table1Row]:
     """Metrics per (dataset, method), pooled over IPCs (or one row per IPC with ``per_ipc``)."""
     rows: dict[tuple, Table1Row] = {}
-    metric_rows: list[MetricRow] = metric_table(records, alpha=alpha, per_ipc=per_ipc)
+    metric_rows: list[MetricRow] = metric_table(records, alpha=alpha, per_ipc=per_ipc,
+                                                ae_baseline=ae_baseline)
     ipcs: dict[tuple[str, str], set[int]] = defaultdict(set)
     for r in records:
         ipcs[(r.dataset, r.method)].add(r.ipc)
@@ -107,7 +116,7 @@ def _ranked(rows: list[Table1Row]) -> dict[tuple[int, str], tuple[str, int | Non
 def format_table1(records: list[Record], fmt: str = "markdown", alpha: float = 0.5,
                   reference: str | None = None, threat_model: str | None = None,
                   preset: str | None = None, per_ipc: bool = False,
-                  ci: Bootstrap | None = None) -> str:
+                  ci: Bootstrap | None = None, ae_baseline: str = DEFAULT_AE_BASELINE) -> str:
     """The paper's Table 1 layout (rows = methods; targeted / untargeted RR, CREI, I-RR, I-CREI).
 
     ``ci`` adds 95% bootstrap intervals (CSV: ``*_ci_low``/``*_ci_high`` columns after the
@@ -122,22 +131,23 @@ def format_table1(records: list[Record], fmt: str = "markdown", alpha: float = 0
     ref = load_reference(reference) if reference else None
     parts = []
     for g in groups:
-        rows = table1_rows(g.records, alpha, per_ipc)
+        rows = table1_rows(g.records, alpha, per_ipc, ae_baseline)
         if per_ipc and fmt != "csv":
             ref = None  # the published table is pooled over IPCs only
         intervals = None
         if ci is not None:
-            found = table1_intervals(g.records, ci, alpha, per_ipc)
+            found = table1_intervals(g.records, ci, alpha, per_ipc, ae_baseline=ae_baseline)
             intervals = [found.get((r.dataset, r.method, r.ipcs[0] if per_ipc else None))
                          for r in rows]
-        parts.append(_render_table1(rows, fmt, g, ref, intervals, ci))
+        parts.append(_render_table1(rows, fmt, g, ref, intervals, ci, ae_baseline))
     return "\n\n".join(parts)
 
 
 def _render_table1(rows: list[Table1Row], fmt: str, group: TableGroup,
                    ref: dict[tuple[str, str], dict[str, float]] | None,
                    intervals: list[RowIntervals | None] | None = None,
-                   boot: Bootstrap | None = None) -> str:
+                   boot: Bootstrap | None = None,
+                   ae_baseline: str = DEFAULT_AE_BASELINE) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -189,7 +199,7 @@ def _render_table1(rows: list[Table1Row], fmt: str, group: TableGroup,
     note = ("T = targeted attacks (FGSM, PGD, PGD-L2, CW; DeepFool and AutoAttack have no "
             "targeted mode), U = untargeted (all attacks). Metrics pooled over the IPCs shown "
             "(flattened over attacks x IPCs); "
-            "bold = best, underlined = second.")
+            "bold = best, underlined = second. " + AE_BASELINE_NOTES[ae_baseline])
     pooled = sorted({tuple(i for i in r.ipcs if i != 0) for r in rows} - {()})
     if len(pooled) > 1:
         # e.g. a method run at IPC 1 only beside methods pooled over IPC 1 and 10

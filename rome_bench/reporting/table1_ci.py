@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from rome_bench.core.records import Record
-from rome_bench.reporting.metrics import METRICS, compute_replicates
+from rome_bench.reporting.metrics import (
+    DEFAULT_AE_BASELINE,
+    METRICS,
+    clean_seconds,
+    compute_replicates,
+)
 from rome_bench.reporting.uncertainty import (
     IMAGES,
     MODELS,
@@ -51,7 +56,8 @@ def _uses_images(records: list[Record]) -> bool:
 
 
 def table1_intervals(records: list[Record], boot: Bootstrap, alpha: float = 0.5,
-                     per_ipc: bool = False, setting: str = "white-box"
+                     per_ipc: bool = False, setting: str = "white-box",
+                     ae_baseline: str = DEFAULT_AE_BASELINE
                      ) -> dict[tuple[str, str, int | None], RowIntervals]:
     """Intervals per (dataset, method, IPC or None when pooled), grouped as
     ``metrics.metric_table`` groups (one threat model and preset expected)."""
@@ -75,7 +81,8 @@ def table1_intervals(records: list[Record], boot: Bootstrap, alpha: float = 0.5,
             key = f"table1|{dataset}|{method}|{ipc}"
             cells: dict[str, Interval] = {}
             for mode in ("targeted", "untargeted"):
-                per_model = [_model_metrics(rs, mode, acc, alpha, boot) for rs in rows_by_repeat]
+                per_model = [_model_metrics(rs, mode, acc, alpha, boot, ae_baseline)
+                             for rs in rows_by_repeat]
                 for m in METRICS:
                     stack = np.stack([np.full(boot.resamples, np.nan) if pm is None else pm[m]
                                       for pm in per_model])
@@ -99,7 +106,8 @@ def _accuracy_replicates(rows: list[Record], boot: Bootstrap, images: bool
 
 
 def _model_metrics(rows: list[Record], mode: str, acc: dict[int, np.ndarray], alpha: float,
-                   boot: Bootstrap) -> dict[str, np.ndarray] | None:
+                   boot: Bootstrap, ae_baseline: str = DEFAULT_AE_BASELINE
+                   ) -> dict[str, np.ndarray] | None:
     """``metrics.metrics_for`` of one model on every resample."""
     by_ipc_clean: dict[int, list[Record]] = defaultdict(list)
     for r in rows:
@@ -108,7 +116,7 @@ def _model_metrics(rows: list[Record], mode: str, acc: dict[int, np.ndarray], al
     present = sorted(by_ipc_clean)
     clean_acc = np.array([np.mean([acc[id(x)] for x in by_ipc_clean[i]], axis=0)
                           for i in present]).reshape(len(present), boot.resamples)
-    clean_time = [min(x.seconds for x in by_ipc_clean[i]) for i in present]
+    clean_time = [clean_seconds(by_ipc_clean[i], mode, ae_baseline) for i in present]
     attacked = [r for r in rows if r.mode == mode and r.ipc in by_ipc_clean]
     if not attacked:
         return None

@@ -14,6 +14,7 @@ from rome_bench.core.records import Record
 from rome_bench.core.storage import atomic_write_text
 from rome_bench.reporting.accuracy import format_accuracy
 from rome_bench.reporting.layout import split_groups
+from rome_bench.reporting.metrics import DEFAULT_AE_BASELINE, check_ae_baseline
 from rome_bench.reporting.robust import format_robust
 from rome_bench.reporting.table1 import format_table1, has_attacks
 from rome_bench.reporting.table2 import format_table2, has_blackbox
@@ -51,17 +52,19 @@ def format_tables(records: list[Record], names: list[str], fmt: str = "markdown"
                   alpha: float = 0.5, reference: str | None = None,
                   threat_model: str | None = None, preset: str | None = None,
                   per_ipc: bool = False, ci: Bootstrap | None = None,
-                  bootstrap: Bootstrap | None = None) -> str:
+                  bootstrap: Bootstrap | None = None,
+                  ae_baseline: str = DEFAULT_AE_BASELINE) -> str:
     """The named tables (see :func:`tables_for`) in ``fmt``, separated by blank lines.
 
     ``ci`` adds bootstrap intervals to Table 1; ``bootstrap`` sets the robust table's (default:
     ``ci``, else 2000 resamples, seed 0).
     """
+    check_ae_baseline(ae_baseline)
     parts = []
     for name in names:
         if name == TABLE1:
             parts.append(format_table1(records, fmt, alpha, reference, threat_model, preset,
-                                       per_ipc, ci))
+                                       per_ipc, ci, ae_baseline))
         elif name == ROBUST:
             parts.append(format_robust(records, fmt, threat_model, preset,
                                        bootstrap or ci or Bootstrap()))
@@ -72,7 +75,8 @@ def format_tables(records: list[Record], names: list[str], fmt: str = "markdown"
     return "\n\n".join(parts)
 
 
-def write_tables(records: list[Record], folder: Path, alpha: float = 0.5) -> list[Path]:
+def write_tables(records: list[Record], folder: Path, alpha: float = 0.5,
+                 ae_baseline: str = DEFAULT_AE_BASELINE) -> list[Path]:
     """Write every table of a run folder: ``tables.md`` with all of them, and CSV and LaTeX per
     (threat model, preset) group; returns the paths."""
     names = tables_for(records)
@@ -87,11 +91,13 @@ def write_tables(records: list[Record], folder: Path, alpha: float = 0.5) -> lis
         if TABLE2 in names and has_blackbox(g.records):
             for ext, fmt in (("csv", "csv"), ("tex", "latex")):
                 write(folder / f"table2_{stem}.{ext}", format_table2(g.records, fmt, alpha) + "\n")
-    write(folder / "tables.md", format_tables(records, names, "markdown", alpha) + "\n")
+    write(folder / "tables.md",
+          format_tables(records, names, "markdown", alpha, ae_baseline=ae_baseline) + "\n")
     for g in split_groups(records):
         stem = f"{g.threat_model}_{g.preset}"
         if has_attacks(g.records):
             for ext, fmt in (("csv", "csv"), ("tex", "latex")):
-                write(folder / f"table1_{stem}.{ext}", format_table1(g.records, fmt, alpha) + "\n")
+                write(folder / f"table1_{stem}.{ext}",
+                      format_table1(g.records, fmt, alpha, ae_baseline=ae_baseline) + "\n")
         write(folder / f"accuracy_{stem}.csv", format_accuracy(g.records, "csv") + "\n")
     return written
