@@ -24,8 +24,9 @@ Helpers for the loops:
 Space convention: the distillation variable is the *normalized* image ``z = (x - mean)/std``,
 as in the reference code, so learning rates mean what they mean there; DSA runs in normalized
 space (:meth:`rome_bench.data.augment.DSA.augment_normalized`) and networks are called through
-``model.net`` (the ConvNet without its Normalize layer). Results are de-normalized and
-clamped to [0,1] when the :class:`~rome_bench.distilled.DistilledSet` is built.
+``model.net`` (the ConvNet without its Normalize layer). Results are de-normalized to pixel
+units when the :class:`~rome_bench.distilled.DistilledSet` is built, and not clamped: values
+outside [0,1] stay, as in the reference's sets (docs/design.md, "Conventions").
 """
 
 from __future__ import annotations

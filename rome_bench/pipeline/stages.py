@@ -93,7 +93,10 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
     result.labels = result.labels.detach().cpu()
     result.validate(plan.dataset.num_classes, plan.dataset.channels,
                     f"output of method '{cell.method}'")
-    result.meta = {**result.meta, "method": cell.label or cell.method,
+    # synthetic images are not clamped to [0,1] (docs/design.md, "Conventions"): record how
+    # much of the set lies outside it
+    result.meta = {**result.meta, "out_of_range": result.out_of_range,
+                   "method": cell.label or cell.method,
                    "dataset": plan.dataset.name, "ipc": result.ipc if ipc <= 0 else ipc,
                    "preset": plan.preset.name, "seed": plan.config.seed, "version": __version__,
                    "created": datetime.now().isoformat(timespec="seconds")}

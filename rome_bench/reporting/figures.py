@@ -251,9 +251,10 @@ def plot_table1_bars(records: list[Record], folder: Path, stem: str, title: str,
 # -- distilled-image grids ---------------------------------------------------------------
 @dataclass
 class ImageGrid:
-    """What a distilled-image grid draws: images in [0,1] (N,C,H,W), their hard labels, a
-    title and the class names (reporting reads no distilled-set files itself; the caller
-    converts them, see ``rome_bench.pipeline.runner.image_grids``)."""
+    """What a distilled-image grid draws: images (N,C,H,W) in pixel units, clamped to [0,1]
+    only for drawing, their hard labels, a title and the class names (reporting reads no
+    distilled-set files itself; the caller converts them, see
+    ``rome_bench.pipeline.runner.image_grids``)."""
 
     images: torch.Tensor
     labels: torch.Tensor
