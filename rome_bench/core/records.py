@@ -62,6 +62,9 @@ class Record:
     accuracy: float
     seconds: float
     n_images: int
+    # how the model was retrained (native | beard); rows written before protocols existed
+    # lack the field and read as native
+    protocol: str = "native"
     created: str = field(default_factory=now)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -71,7 +74,7 @@ class Record:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
         names = {f.name for f in fields(cls)}
-        missing = [n for n in names if n not in d and n not in ("created", "versions")]
+        missing = [n for n in names if n not in d and n not in ("protocol", "created", "versions")]
         if missing:
             raise RecordError(f"record lacks fields {missing}")
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -123,7 +126,7 @@ def read_records(paths: list[str | Path]) -> list[Record]:
 
 
 MEASUREMENT_KEY = ("method", "dataset", "ipc", "seed", "repeat", "arch", "preset", "threat_model",
-                   "setting", "source_model", "mode", "attack", "eps", "n_images")
+                   "setting", "source_model", "mode", "attack", "eps", "n_images", "protocol")
 
 
 def _measurement_key(record: Record) -> tuple[Any, ...]:

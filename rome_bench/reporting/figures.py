@@ -305,7 +305,7 @@ def write_figures(records: list[Record], folder: str | Path, *,
     written: list[Path] = []
     skipped: list[str] = []
     for g in split_groups(records):
-        stem = f"{g.threat_model}_{g.preset}"
+        stem = g.stem
         title = g.title
         transfer = [r for r in g.records if r.setting == "transfer"]
         if transfer:

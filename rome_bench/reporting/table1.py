@@ -16,6 +16,7 @@ from rome_bench.reporting.layout import (
     FORMATS,
     ReportError,
     TableGroup,
+    one_group_for_csv,
     render_table,
     split_groups,
 )
@@ -91,14 +92,14 @@ def _rank_marks(rows: list[Table1Row]) -> dict[tuple[int, str], str]:
 
 def format_table1(records: list[Record], fmt: str = "markdown", alpha: float = 0.5,
                   reference: str | None = None, threat_model: str | None = None,
-                  preset: str | None = None, per_ipc: bool = False) -> str:
+                  preset: str | None = None, per_ipc: bool = False,
+                  protocol: str | None = None) -> str:
     """The paper's Table 1 layout (rows = methods; targeted / untargeted RR, CREI, I-RR, I-CREI)."""
     if fmt not in FORMATS:
         raise ReportError(f"Unknown format '{fmt}'. Available: {', '.join(FORMATS)}")
-    groups = split_groups(records, threat_model, preset)
-    if fmt == "csv" and len(groups) > 1:
-        raise ReportError("the records mix " + ", ".join(g.title for g in groups) +
-                          "; a CSV table holds one: choose with --threat-model / --preset")
+    groups = split_groups(records, threat_model, preset, protocol)
+    if fmt == "csv":
+        one_group_for_csv(groups)
     ref = load_reference(reference) if reference else None
     parts = []
     for g in groups:

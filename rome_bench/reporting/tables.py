@@ -45,23 +45,24 @@ def tables_for(records: list[Record], kind: str | None = None) -> list[str]:
 def format_tables(records: list[Record], names: list[str], fmt: str = "markdown",
                   alpha: float = 0.5, reference: str | None = None,
                   threat_model: str | None = None, preset: str | None = None,
-                  per_ipc: bool = False) -> str:
+                  per_ipc: bool = False, protocol: str | None = None) -> str:
     """The named tables (see :func:`tables_for`) in ``fmt``, separated by blank lines."""
     parts = []
     for name in names:
         if name == TABLE1:
             parts.append(format_table1(records, fmt, alpha, reference, threat_model, preset,
-                                       per_ipc))
+                                       per_ipc, protocol))
         elif name == TABLE2:
-            parts.append(format_table2(records, fmt, alpha, reference, threat_model, preset))
+            parts.append(format_table2(records, fmt, alpha, reference, threat_model, preset,
+                                       protocol))
         else:
-            parts.append(format_accuracy(records, fmt, threat_model, preset))
+            parts.append(format_accuracy(records, fmt, threat_model, preset, protocol))
     return "\n\n".join(parts)
 
 
 def write_tables(records: list[Record], folder: Path, alpha: float = 0.5) -> list[Path]:
     """Write every table of a run folder: ``tables.md`` with all of them, and CSV and LaTeX per
-    (threat model, preset) group; returns the paths."""
+    (threat model, preset, protocol) group; returns the paths."""
     names = tables_for(records)
     written: list[Path] = []
 
@@ -70,13 +71,13 @@ def write_tables(records: list[Record], folder: Path, alpha: float = 0.5) -> lis
         written.append(path)
 
     for g in split_groups(records):
-        stem = f"{g.threat_model}_{g.preset}"
+        stem = g.stem
         if TABLE2 in names and has_blackbox(g.records):
             for ext, fmt in (("csv", "csv"), ("tex", "latex")):
                 write(folder / f"table2_{stem}.{ext}", format_table2(g.records, fmt, alpha) + "\n")
     write(folder / "tables.md", format_tables(records, names, "markdown", alpha) + "\n")
     for g in split_groups(records):
-        stem = f"{g.threat_model}_{g.preset}"
+        stem = g.stem
         if has_attacks(g.records):
             for ext, fmt in (("csv", "csv"), ("tex", "latex")):
                 write(folder / f"table1_{stem}.{ext}", format_table1(g.records, fmt, alpha) + "\n")
