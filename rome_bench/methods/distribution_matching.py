@@ -316,7 +316,7 @@ def queue_matching(train: ImageSet, ipc: int, cfg: Any, class_loss: ClassLoss, *
                    desc: str = "distill", settings: QueueMatchingConfig | None = None,
                    real_transform: RealTransform | None = None,
                    net_batch_fn: BatchFn | None = None) -> DistilledSet:
-    """IDM's distillation loop with pluggable loss; returns the expanded [0,1] set.
+    """IDM's distillation loop with pluggable loss; returns the expanded set (pixel units).
 
     Per iteration ``it`` (the reference order): reset the accuracy meters every
     ``meter_reset_interval`` iterations (not at 0); push a new network when

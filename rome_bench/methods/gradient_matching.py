@@ -302,7 +302,7 @@ def distill_gradient_matching(train: ImageSet, ipc: int, cfg: MethodConfig, use_
     architecture, default the reference ``convnet``) and ``chunk`` (images per forward pass, a
     speed setting that leaves the mathematics unchanged; default :func:`default_chunk`).
     Checkpoints about every 10% of the iterations and resumes from ``cfg.resume()``. Returns
-    class-contiguous images in [0,1].
+    class-contiguous images in pixel units (not clamped to [0,1]).
 
     >>> from rome_bench.data.datasets import DATASETS, load_dataset
     >>> train = load_dataset("cifar10-mini", "train")
