@@ -20,7 +20,7 @@ batches:
 Hyperparameters per IPC are ROME's/IDM's (ce_weight 0.5/0.5/0.1; IPC 1: batch_real 5000 and a
 new net every 5 iterations; CIFAR-100: ce_weight 0.1 at IPC 10 and model_train_steps 50 at IPC
 10 and 50). Images are optimised in normalized space (``z = (x-mean)/std``)
-and returned as ``z * std + mean`` clamped to [0,1]; the returned set is the EXPANDED one (4
+and returned as ``z * std + mean``, not clamped to [0,1]; the returned set is the EXPANDED one (4
 images per stored image), with ``meta["factorized"]`` and ``meta["stored_images"]``.
 """
 

@@ -255,7 +255,7 @@ def datm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
                     ema.mul_(ema_decay).add_(images.detach(), alpha=1 - ema_decay)
         loop.postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{float(syn_lr.detach()):.4g}", upd=updates)
     final = ema if ema_decay > 0 else images
-    pixels, clamped = traj.to_pixels(final)
-    meta = traj.meta(float(syn_lr.detach()), clamped)
+    pixels = traj.to_pixels(final)
+    meta = traj.meta(float(syn_lr.detach()))
     meta.update(updates=updates, retrain_batch_size=128, ema_decay=ema_decay)
     return DistilledSet(pixels, labels.detach().cpu(), meta)

@@ -4,7 +4,8 @@ Learns ``ipc`` synthetic images per class whose cross-entropy gradients on fresh
 trained ConvNets match those of real batches, layer by layer (see
 :mod:`rome_bench.methods.gradient_matching` for the loop and the normalized-space convention).
 Retraining follows the DC protocol: no augmentation (300 epochs at ``paper``).
-Output: (ipc * classes, C, H, W) images in [0,1], class-contiguous hard labels.
+Output: (ipc * classes, C, H, W) images in pixel units (not clamped to [0,1]), class-contiguous
+hard labels.
 
 Initialisation. At ``paper`` the synthetic images start as standard normal noise (in
 normalized space), the setting behind the paper's CIFAR-10/100 results (Zhao, Mopuri & Bilen,

@@ -11,7 +11,8 @@ start as random real images. Retraining uses DSA.
 All classes go through the network together (per-sample embeddings, so this equals the
 reference's per-class forward passes). The images are optimised in normalized space
 (``z = (x - mean)/std``, where the reference's lr applies) and returned as
-``z * std + mean`` clamped to [0,1].
+``z * std + mean``, in pixel units but not clamped to [0,1] (the reference retrains on the
+unclamped tensors).
 """
 
 from __future__ import annotations
@@ -109,6 +110,6 @@ def dm(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
                        class_slices(z, ipc), num_classes, seeds, aug,
                        max_batch=int(p.get("max_batch", 0)))
         image_step(opt, loss, z)
-    x = norm.inverse(z.detach()).clamp(0, 1).cpu()
+    x = norm.inverse(z.detach()).cpu()
     return DistilledSet(x, labels, {"iterations": iterations,
                                     "seconds": round(time.perf_counter() - t0, 2)})

@@ -5,7 +5,8 @@ and the synthetic batch pass through the same random DSA transform (one fresh se
 shared by both batches; strategy ``color_crop_cutout_flip_scale_rotate``), and the inner network
 training augments every synthetic image independently. Initialised from random real images.
 Retraining uses DSA (1000 epochs at ``paper``).
-Output: (ipc * classes, C, H, W) images in [0,1], class-contiguous hard labels.
+Output: (ipc * classes, C, H, W) images in pixel units (not clamped to [0,1]), class-contiguous
+hard labels.
 """
 
 from __future__ import annotations

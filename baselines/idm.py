@@ -15,8 +15,8 @@ Reference: uitrbn/IDM ``IDM_cifar10.py`` with the flags of its ``command.txt``. 
 
 The loop is :func:`~rome_bench.distribution_matching.queue_matching`. Images are optimised in
 normalized space (``z = (x - mean)/std``, where the reference's lr applies) and returned as
-``z * std + mean`` clamped to [0,1]. The returned set is the EXPANDED one (4 images per stored
-image, what the reference retrains on); ``meta["factorized"]`` is True and
+``z * std + mean`` (pixel units, not clamped to [0,1]). The returned set is the EXPANDED one
+(4 images per stored image, what the reference retrains on); ``meta["factorized"]`` is True and
 ``meta["stored_images"]`` gives the storage budget (``ipc`` per class).
 """
 

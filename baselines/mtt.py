@@ -18,9 +18,8 @@ the real training set), and its ``lr_img`` acts on that space. We do the same: t
 tensor is ``Normalize(x)`` (then ZCA-whitened if ``zca``), DSA acts on it
 (:meth:`DSA.augment_normalized`, as the reference augments normalized/whitened tensors), and
 ``lr_img`` is exactly the reference's. At the end the images are mapped back to pixels (inverse
-ZCA, then ``x = z*std + mean``) and clamped to [0,1]; the fraction of clamped pixel values is
-recorded in ``meta['clamped']``. Clamping is the one unavoidable difference from the reference,
-whose synthetic sets are unconstrained tensors.
+ZCA, then ``x = z*std + mean``) and, like the reference's sets, not clamped: values outside
+[0,1] stay (the pipeline records their fraction in ``meta['out_of_range']``).
 
 Output: hard labels, ``meta['lr']`` = the learned student lr (the pipeline retrains with it), and
 with ZCA ``meta['zca'] = {'matrix', 'mean'}``: the arguments of
@@ -151,17 +150,15 @@ class Trajectories:
         w = self.whitening.to(self.device) if self.whitening is not None else None
         return to_network_space(images.to(self.device), self.spec, w)
 
-    def to_pixels(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Network-space images -> [0,1] pixels (clamped) and the fraction of clamped values."""
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Network-space images -> pixel units (not clamped to [0,1])."""
         z = images.detach().cpu()
         if self.whitening is not None:
             z = unwhiten(self.whitening.cpu(), z)
-        x = z * self.std + self.mean
-        clamped = float(((x < 0) | (x > 1)).float().mean())
-        return x.clamp(0, 1), clamped
+        return z * self.std + self.mean
 
-    def meta(self, lr: float, clamped: float) -> dict[str, Any]:
-        out: dict[str, Any] = {"lr": lr, "clamped": clamped, "buffer": self.key,
+    def meta(self, lr: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"lr": lr, "buffer": self.key,
                                "distill_arch": self.settings.arch}
         if self.whitening is not None:
             out["zca"] = {"matrix": self.whitening.matrix.detach().cpu().clone(),
@@ -365,7 +362,7 @@ def mtt(train: ImageSet, ipc: int, cfg: MethodConfig) -> DistilledSet:
         else:  # a diverged unroll would poison both tensors; the reference has no guard
             skipped += 1
         loop.postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{float(syn_lr.detach()):.4g}")
-    pixels, clamped = traj.to_pixels(images)
-    meta = traj.meta(float(syn_lr.detach()), clamped)
+    pixels = traj.to_pixels(images)
+    meta = traj.meta(float(syn_lr.detach()))
     meta["skipped_iterations"] = skipped
     return DistilledSet(pixels, labels.cpu(), meta)

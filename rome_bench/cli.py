@@ -84,6 +84,11 @@ def eval_options(f):
                      help="Attack settings (default: white-box). transfer: examples crafted on "
                           "each model (FGSM, PGD, PGD-L2, CW) fed to every other; query: Square "
                           "and SPSA.")(f)
+    f = click.option("--protocol", default="native", show_default=True, metavar="native|beard",
+                     help="How models are retrained on the distilled sets: native (each method "
+                          "as its own reference evaluates it) or beard (every method as BEARD "
+                          "did for the published numbers); see docs/protocol.md. With "
+                          "--checkpoint nothing is retrained: it labels the records.")(f)
     f = click.option("--test-subset", type=int, default=None, metavar="N",
                      help="Evaluate on a fixed class-balanced subset of N test images "
                           "(default: the preset's).")(f)
@@ -123,7 +128,8 @@ def _config(**kw):
                      fresh=kw["fresh"], attacks=kw["attacks"], modes=kw["modes"],
                      threat_models=kw["threat_models"], test_subset=kw["test_subset"],
                      device=kw["device"], show_progress=not kw["quiet"],
-                     jobs=parse_jobs(kw.get("jobs", "1")), settings=kw.get("settings"))
+                     jobs=parse_jobs(kw.get("jobs", "1")), settings=kw.get("settings"),
+                     protocol=kw.get("protocol", "native"))
 
 
 def parse_jobs(text: str | None) -> int | None:
@@ -197,6 +203,8 @@ def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> Non
       rome-bench run --method file:dc_cifar10_ipc10.pt#0 --attacks none
       rome-bench run --method dm,idm --jobs 1      # one process (e.g. to profile)
       rome-bench run --method full --repeats 3 --first-repeat 2   # only model #2
+      rome-bench run --method all --preset paper --data-root ../shared/data/cifar10 \\
+          --threat-model beard-compat --protocol beard    # the published Table 1's protocol
     """
     from rome_bench.pipeline import runner as pipeline
 
@@ -263,13 +271,14 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
               help="Put the published Table 1 value and the difference next to each cell.")
 @click.option("--threat-model", default=None, help="Only records of this threat model.")
 @click.option("--preset", default=None, help="Only records of this preset.")
+@click.option("--protocol", default=None, help="Only records of this evaluation protocol.")
 @click.option("--per-ipc", is_flag=True, help="One robustness row per IPC instead of pooling.")
 @click.option("--alpha", type=float, default=0.5, show_default=True)
 @bootstrap_options
 @ae_baseline_option
 def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
-          threat_model: str | None, preset: str | None, per_ipc: bool, alpha: float, ci: bool,
-          resamples: int, bootstrap_seed: int, ae_baseline: str) -> None:
+          threat_model: str | None, preset: str | None, protocol: str | None, per_ipc: bool,
+          alpha: float, ci: bool, resamples: int, bootstrap_seed: int, ae_baseline: str) -> None:
     """Tables from records files or run folders.
 
     \b
@@ -289,7 +298,7 @@ def table(records: tuple[str, ...], fmt: str, kind: str, reference: str | None,
     rows = read_records(list(records))
     boot = Bootstrap(resamples, bootstrap_seed)
     click.echo(format_tables(rows, tables_for(rows, kind), fmt, alpha, reference, threat_model,
-                             preset, per_ipc, ci=boot if ci else None, bootstrap=boot,
+                             preset, per_ipc, protocol, ci=boot if ci else None, bootstrap=boot,
                              ae_baseline=ae_baseline))
 
 
@@ -435,9 +444,10 @@ def experts(dataset: str | None, data_root: str | None, download: bool, num_expe
 
 # -- list ------------------------------------------------------------------------------
 @main.command("list")
-@click.argument("what", type=click.Choice(["methods", "datasets", "archs", "presets", "attacks"]))
+@click.argument("what", type=click.Choice(["methods", "datasets", "archs", "presets", "attacks",
+                                           "protocols"]))
 def list_(what: str) -> None:
-    """List registered methods, datasets, architectures, presets or attacks.
+    """List registered methods, datasets, architectures, presets, attacks or protocols.
 
     \b
     Examples:
@@ -466,6 +476,11 @@ def list_(what: str) -> None:
         rows = [[e.name, e.obj.width, e.obj.depth, e.obj.norm, e.description]
                 for e in ARCHS.entries()]
         click.echo(tabulate(rows, headers=["arch", "width", "depth", "norm", "description"]))
+    elif what == "protocols":
+        from rome_bench.pipeline.protocol import PROTOCOLS
+
+        for e in PROTOCOLS.entries():
+            click.echo(f"{e.name}: {e.obj.description}")
     elif what == "attacks":
         rows = [[e.obj.name, e.obj.setting, "yes" if e.obj.targeted else "no",
                  "suite" if e.obj.suite else "extra", e.description] for e in ATTACKS.entries()]

@@ -81,6 +81,7 @@ def test_pickle_payload_is_refused_without_executing(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("images,labels,match", [
     (torch.full((10, 3, 32, 32), float("nan")), torch.arange(10), "NaN"),
+    (torch.full((10, 3, 32, 32), float("inf")), torch.arange(10), "NaN or inf"),
     (torch.rand(10, 32, 32), torch.arange(10), "shape"),
     (torch.rand(10, 1, 32, 32), torch.arange(10), "channels"),
     (torch.rand(10, 3, 32, 32), torch.arange(10) + 5, "labels must lie"),
@@ -95,3 +96,50 @@ def test_unknown_format(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "x.pt")
     with pytest.raises(DataError, match="unknown distilled-set format"):
         import_distilled(str(tmp_path / "x.pt"), SPEC)
+
+
+# -- synthetic images are not clamped to [0,1] (docs/design.md, "Conventions") -------------------
+def test_out_of_range_synthetic_images_are_accepted_and_counted(tmp_path):
+    images = torch.rand(10, 3, 32, 32) * 3 - 1  # about 2/3 of the values outside [0,1]
+    s = DistilledSet(images, torch.arange(10))
+    s.validate(10, 3)
+    s.save(tmp_path / "s.pt")
+    back = import_distilled(str(tmp_path / "s.pt"), SPEC)
+    assert torch.equal(back.images, images)
+    assert back.out_of_range == pytest.approx(float(((images < 0) | (images > 1)).float().mean()))
+    assert DistilledSet(torch.rand(10, 3, 32, 32), torch.arange(10)).out_of_range == 0.0
+
+
+def test_imported_dc_and_mtt_sets_are_not_clamped(tmp_path):
+    pixels = torch.rand(10, 3, 32, 32) * 1.6 - 0.3
+    torch.save({"data": [[_normalize(pixels), torch.arange(10)]]}, tmp_path / "res_DC.pt")
+    assert torch.allclose(import_distilled(str(tmp_path / "res_DC.pt"), SPEC).images, pixels,
+                          atol=1e-5)
+    folder = tmp_path / "mtt"
+    folder.mkdir()
+    torch.save(_normalize(pixels), folder / "images_best.pt")
+    torch.save(torch.arange(10), folder / "labels_best.pt")
+    assert torch.allclose(import_distilled(str(folder), SPEC).images, pixels, atol=1e-5)
+
+
+def test_factorized_sets_keep_out_of_range_values():
+    from rome_bench.methods.factorized import expanded_distilled_set
+
+    z = torch.full((10, 3, 32, 32), 4.0)  # normalized: far above 1 in pixels
+    s = expanded_distilled_set(z, torch.arange(10), CIFAR10_MEAN, CIFAR10_STD)
+    assert float(s.images.min()) > 1.2 and s.out_of_range == 1.0  # 4 * std + mean
+
+
+def test_retraining_and_drawing_take_out_of_range_sets():
+    from rome_bench.data.augment import DSA
+    from rome_bench.models.convnet import build_model
+    from rome_bench.models.training import TrainConfig, train_model
+    from rome_bench.reporting.figures import image_grid
+
+    images, labels = torch.rand(4, 3, 32, 32) * 4 - 2, torch.tensor([0, 0, 1, 1])
+    model = build_model("convnet-w32", num_classes=2, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    train_model(model, images, labels, TrainConfig(epochs=1, batch_size=2),
+                augment=DSA(CIFAR10_MEAN, CIFAR10_STD))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    grid = image_grid(images, labels)
+    assert grid.min() >= 0 and grid.max() <= 1

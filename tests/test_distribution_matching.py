@@ -157,6 +157,8 @@ def test_expanded_distilled_set_is_in_pixel_space_with_meta():
     assert out.meta["factorized"] is True and out.meta["stored_images"] == 20
     assert out.meta["stored_ipc"] == 2 and out.meta["iterations"] == 3
     assert out.ipc == 8
+    # values outside [0,1] are kept, as the references keep them
+    assert out.out_of_range > 0.2 and float(out.images.min()) < 0
 
 
 # -- the network queue -----------------------------------------------------------------------

@@ -272,7 +272,7 @@ def test_short_distillation_returns_a_valid_expanded_set(tiny_train):
     cfg.params["iterations"] = 2
     result = METHODS.get("rome")(tiny_train, 1, cfg)
     assert result.images.shape == (40, 3, SIZE, SIZE)
-    assert result.images.min() >= 0 and result.images.max() <= 1
+    assert torch.isfinite(result.images).all()  # pixel units, not clamped to [0,1]
     assert result.labels.tolist() == list(range(10)) * 4
     assert result.meta["factorized"] and result.meta["stored_images"] == 10
     assert result.meta["pgd_space"] == "pixel" and result.meta["alpha"] == 0.2

@@ -26,7 +26,7 @@ MODES = ("clean", "targeted", "untargeted")
 
 
 # fields a record may lack (older files): they take their defaults
-OPTIONAL_FIELDS = ("created", "versions", "outcomes", "n_attacked")
+OPTIONAL_FIELDS = ("created", "versions", "outcomes", "n_attacked", "protocol")
 
 
 class RecordError(RomeBenchError):
@@ -101,6 +101,9 @@ class Record:
     accuracy: float
     seconds: float
     n_images: int
+    # how the model was retrained (native | beard); rows written before protocols existed
+    # lack the field and read as native
+    protocol: str = "native"
     created: str = field(default_factory=now)
     versions: dict[str, str] = field(default_factory=dict)
     outcomes: str | None = None
@@ -170,7 +173,7 @@ def read_records(paths: list[str | Path]) -> list[Record]:
 
 
 MEASUREMENT_KEY = ("method", "dataset", "ipc", "seed", "repeat", "arch", "preset", "threat_model",
-                   "setting", "source_model", "mode", "attack", "eps", "n_images")
+                   "setting", "source_model", "mode", "attack", "eps", "n_images", "protocol")
 
 
 def _measurement_key(record: Record) -> tuple[Any, ...]:

@@ -100,11 +100,13 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def validate_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int | None,
-                    channels: int | None, where: str, soft_labels_ok: bool = False) -> None:
+                    channels: int | None, where: str, soft_labels_ok: bool = False,
+                    unit_range: bool = True) -> None:
     """Raise :class:`DataError` unless images/labels have the shapes and ranges rome-bench needs.
 
-    Checks rank (N,C,H,W), channel count, dtype, finite values, [0,1] range, matching lengths
-    and label range. ``where`` names the source in the message.
+    Checks rank (N,C,H,W), channel count, dtype, finite values, the [0,1] range (real images;
+    ``unit_range=False`` for synthetic ones, which may lie outside it), matching lengths and
+    label range. ``where`` names the source in the message.
     """
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise DataError(f"{where}: images and labels must be tensors")
@@ -116,11 +118,11 @@ def validate_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int
     if images.shape[0] == 0:
         raise DataError(f"{where}: no images")
     if not images.is_floating_point():
-        raise DataError(f"{where}: images must be floating point in [0,1], got {images.dtype}")
+        raise DataError(f"{where}: images must be floating point, got {images.dtype}")
     if not torch.isfinite(images).all():
         raise DataError(f"{where}: images contain NaN or inf")
     lo, hi = float(images.min()), float(images.max())
-    if lo < -1e-4 or hi > 1 + 1e-4:
+    if unit_range and (lo < -1e-4 or hi > 1 + 1e-4):
         raise DataError(f"{where}: images must lie in [0,1] pixel space, got [{lo:.3f}, {hi:.3f}]")
     if labels.shape[0] != images.shape[0]:
         raise DataError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels")

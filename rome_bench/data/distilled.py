@@ -1,13 +1,15 @@
 """``DistilledSet``: the output of every method, its own file format and importers.
 
-Own format: ``torch.save({"images", "labels", "meta"})`` with images in [0,1] (N,C,H,W),
-labels (N,) int64 or (N,K) soft-label logits, and ``meta`` a dict of plain values. Files are
-always loaded with ``weights_only=True``.
+Own format: ``torch.save({"images", "labels", "meta"})`` with images in pixel units (N,C,H,W;
+real images lie in [0,1], synthetic ones may lie outside it and are never clamped), labels
+(N,) int64 or (N,K) soft-label logits, and ``meta`` a dict of plain values. Files are always
+loaded with ``weights_only=True``.
 
 Importers convert the reference repositories' formats (docs/design.md, "Conventions"):
 
 * DC/DSA/DM/BEARD ``{'data': [[images, labels], ...], ...}`` with *normalized* images: pick the
-  experiment with ``PATH#k`` (default 0), de-normalize with the dataset constants, clamp;
+  experiment with ``PATH#k`` (default 0), de-normalize with the dataset constants (no clamp:
+  BEARD retrains on these tensors as they are);
 * MTT/DATM folders with ``images_best.pt`` (+ ``labels_best.pt``, ``lr_best.pt``).
 """
 
@@ -28,7 +30,8 @@ class DistilledSet:
     """A small synthetic training set.
 
     Args:
-        images: (N,C,H,W) float tensor in [0,1].
+        images: (N,C,H,W) float tensor in pixel units; values outside [0,1] are allowed (the
+            references retrain on unclamped synthetic images), NaN and inf are not.
         labels: (N,) int64 class labels, or (N,K) soft-label logits.
         meta: provenance (method, dataset, ipc, preset, seed, ...) and retraining hints:
             ``lr`` (a learned retraining lr), ``augment`` (DSA during retraining),
@@ -52,13 +55,24 @@ class DistilledSet:
         return self.labels.argmax(1) if self.soft else self.labels
 
     @property
+    def out_of_range(self) -> float:
+        """The fraction of pixel values outside [0,1] (the pipeline stores it in ``meta``).
+
+        >>> x = torch.tensor([-0.5, 0.2, 0.7, 1.5]).view(1, 1, 2, 2)
+        >>> DistilledSet(x, torch.tensor([0])).out_of_range
+        0.5
+        """
+        x = self.images
+        return float(((x < 0) | (x > 1)).float().mean()) if x.numel() else 0.0
+
+    @property
     def ipc(self) -> int:
         """Images per class (of the most frequent class)."""
         return int(torch.bincount(self.hard_labels).max())
 
     def validate(self, num_classes: int, channels: int, where: str = "distilled set") -> None:
         validate_images(self.images, self.labels, num_classes, channels, where,
-                        soft_labels_ok=True)
+                        soft_labels_ok=True, unit_range=False)
 
     def save(self, path: str | Path) -> None:
         """Write atomically in rome-bench's own format."""
@@ -141,7 +155,7 @@ def _import_dc(obj: dict, path: Path, exp: int, dataset: DatasetSpec) -> Distill
 def _denormalize(images: torch.Tensor, dataset: DatasetSpec) -> torch.Tensor:
     mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
     std = torch.tensor(dataset.std).view(1, -1, 1, 1)
-    return (images.float() * std + mean).clamp(0, 1)
+    return images.float() * std + mean
 
 
 def _import_mtt_folder(folder: Path, dataset: DatasetSpec) -> DistilledSet:

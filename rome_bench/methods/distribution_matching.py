@@ -24,8 +24,9 @@ Helpers for the loops:
 Space convention: the distillation variable is the *normalized* image ``z = (x - mean)/std``,
 as in the reference code, so learning rates mean what they mean there; DSA runs in normalized
 space (:meth:`rome_bench.data.augment.DSA.augment_normalized`) and networks are called through
-``model.net`` (the ConvNet without its Normalize layer). Results are de-normalized and
-clamped to [0,1] when the :class:`~rome_bench.distilled.DistilledSet` is built.
+``model.net`` (the ConvNet without its Normalize layer). Results are de-normalized to pixel
+units when the :class:`~rome_bench.distilled.DistilledSet` is built, and not clamped: values
+outside [0,1] stay, as in the reference's sets (docs/design.md, "Conventions").
 """
 
 from __future__ import annotations
@@ -316,7 +317,7 @@ def queue_matching(train: ImageSet, ipc: int, cfg: Any, class_loss: ClassLoss, *
                    desc: str = "distill", settings: QueueMatchingConfig | None = None,
                    real_transform: RealTransform | None = None,
                    net_batch_fn: BatchFn | None = None) -> DistilledSet:
-    """IDM's distillation loop with pluggable loss; returns the expanded [0,1] set.
+    """IDM's distillation loop with pluggable loss; returns the expanded set (pixel units).
 
     Per iteration ``it`` (the reference order): reset the accuracy meters every
     ``meter_reset_interval`` iterations (not at 0); push a new network when

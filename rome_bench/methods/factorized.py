@@ -16,7 +16,7 @@ a 2x2 average), so each stored image starts as a mosaic of ``factor**2`` real im
 
 The functions are space-agnostic (bilinear resampling commutes with per-channel affine
 normalization): pass normalized tensors during distillation and call
-:func:`expanded_distilled_set` at the end to get [0,1] images.
+:func:`expanded_distilled_set` at the end to get images in pixel units.
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ def expanded_distilled_set(images: torch.Tensor, labels: torch.Tensor,
                            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                            factor: int = DEFAULT_FACTOR, meta: dict[str, Any] | None = None
                            ) -> DistilledSet:
-    """The retraining set of a factorized result: expanded, de-normalized, clamped to [0,1].
+    """The retraining set of a factorized result: expanded and de-normalized to pixel units.
+
+    Values outside [0,1] are kept (the references retrain on the unclamped tensors).
 
     ``images`` are the stored images, normalized with ``mean``/``std`` when given (else taken
     as [0,1]). ``meta`` gains ``factorized=True``, ``factor``, ``stored_images`` (the stored
@@ -152,7 +154,7 @@ def expanded_distilled_set(images: torch.Tensor, labels: torch.Tensor,
             m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
             s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
             x = x * s + m
-        x = x.clamp(0, 1).cpu().contiguous()
+        x = x.cpu().contiguous()
     stored = int(images.shape[0])
     hard = labels if labels.dim() == 1 else labels.argmax(1)
     info = {"factorized": True, "factor": factor, "stored_images": stored,

@@ -22,7 +22,8 @@ mean/std and its ``lr_img`` acts on those values. To keep the published learning
 meaningful, the learnable tensor here is ``z = (x - mean) / std``, the network used for matching
 is the bare ConvNet (``Classifier.net``) fed normalized tensors, and DSA runs in normalized space
 (:meth:`~rome_bench.data.augment.DSA.augment_normalized`), exactly as the reference does. The result
-returned is ``x = z * std + mean`` clamped to [0,1], rome-bench's storage convention.
+returned is ``x = z * std + mean``: pixel units, rome-bench's storage convention, not clamped
+to [0,1] (the reference retrains on the unclamped tensors).
 
 **Batched classes.** The reference runs one forward/backward per class. Because every layer of
 the instance-norm ConvNet treats each image independently, the gradient of the *sum* of the
@@ -301,7 +302,7 @@ def distill_gradient_matching(train: ImageSet, ipc: int, cfg: MethodConfig, use_
     architecture, default the reference ``convnet``) and ``chunk`` (images per forward pass, a
     speed setting that leaves the mathematics unchanged; default :func:`default_chunk`).
     Checkpoints about every 10% of the iterations and resumes from ``cfg.resume()``. Returns
-    class-contiguous images in [0,1].
+    class-contiguous images in pixel units (not clamped to [0,1]).
 
     >>> from rome_bench.data.datasets import DATASETS, load_dataset
     >>> train = load_dataset("cifar10-mini", "train")
@@ -374,6 +375,6 @@ def distill_gradient_matching(train: ImageSet, ipc: int, cfg: MethodConfig, use_
                 break
             train_net_on(net, syn, labels, inner_loop, lr_net, batch_train, gen, aug, chunk)
         loop.postfix(loss=f"{float(loss.detach()):.2f}")
-    images = (syn.detach().cpu() * std + mean).clamp(0, 1)
+    images = syn.detach().cpu() * std + mean
     return DistilledSet(images, labels.cpu(), {"final_loss": float(loss.detach()),
                                                "outer_loop": outer_loop, "inner_loop": inner_loop})

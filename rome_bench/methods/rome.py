@@ -51,7 +51,7 @@ generator seeded by ``cfg.seed`` (checkpointed with the rest of the state) inste
 global RNG.
 
 Space convention (as IDM): images are optimised in normalized space (``z = (x - mean)/std``,
-where the reference's lr 0.2 applies) and returned as ``z * std + mean`` clamped to [0,1].
+where the reference's lr 0.2 applies) and returned as ``z * std + mean``, not clamped.
 The returned set is the EXPANDED one (4 images per stored image, what the reference retrains
 on); ``meta["factorized"]`` is True and ``meta["stored_images"]`` gives the storage budget
 (``ipc`` per class).
@@ -276,7 +276,7 @@ VARIANTS = {
 
 def distill_rome(train: ImageSet, ipc: int, cfg: MethodConfig, variant: Variant,
                  name: str = "rome") -> DistilledSet:
-    """Run ROME (or an ablation) and return the expanded [0,1] set."""
+    """Run ROME (or an ablation) and return the expanded set (pixel units)."""
     params = cfg.params
     alpha = float(params.get("alpha", ALPHA))
     settings = QueueMatchingConfig.from_params(params)

@@ -27,6 +27,7 @@ from rome_bench.methods.contract import resolve_budget
 from rome_bench.models import training as train_mod
 from rome_bench.models.convnet import ARCHS
 from rome_bench.pipeline.presets import DEFAULT_PRESET, PRESETS, Preset
+from rome_bench.pipeline.protocol import DEFAULT_PROTOCOL, PROTOCOLS, resolve_retrain
 
 
 class PlanError(RomeBenchError):
@@ -60,6 +61,8 @@ class RunConfig:
     progress_lines: bool = False
     jobs: int | None = 1  # worker processes; None = auto (see resolve_jobs)
     settings: str | None = None  # white-box | transfer | query, comma-separated
+    # how models are retrained on the distilled sets: native | beard (pipeline/protocol.py)
+    protocol: str = DEFAULT_PROTOCOL
 
 
 @dataclass
@@ -116,17 +119,15 @@ class Plan:
                  f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
                  f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
                  f"  settings   {', '.join(self.settings)}",
+                 *self._protocol_lines(),
                  f"  test       {self.test_subset or 'all'} images",
                  f"  output     {self.out}",
                  "  cells:"]
         for c in self.cells:
             ipc = "whole train set" if c.ipc == 0 else f"IPC {c.ipc}"
-            entry = METHODS.entry(c.method)
-            epochs = (self.preset.retrain.full if entry.meta.get("ipc_independent")
-                      else self.preset.retrain.for_ipc(c.ipc, entry.meta.get("retrain_augment", True)))
+            retrain = resolve_retrain(self.protocol, c.method, c.ipc, self.preset).summary()
             budget = ", ".join(f"{k}={v}" for k, v in sorted(c.params.items()) if k != "path")
-            lines.append(f"    {c.label or c.method:<14} {ipc:<16} retrain "
-                         f"{self.preset.retrain.describe(epochs)}"
+            lines.append(f"    {c.label or c.method:<14} {ipc:<16} retrain {retrain}"
                          + (f" | {budget}" if budget else ""))
         notes = {c.method: METHODS.entry(c.method).meta.get("plan_note") for c in self.cells}
         lines += [f"  note       {m}: {n}" for m, n in notes.items() if n]
@@ -136,6 +137,26 @@ class Plan:
         if self.config.data_root:
             return f" from {self.config.data_root}"
         return " (no --data-root: a plan only)" if self.dataset.needs_root else ""
+
+    @property
+    def protocol(self) -> str:
+        """The evaluation protocol's registry name (``native`` or ``beard``)."""
+        return PROTOCOLS.entry(self.config.protocol).name
+
+    def _protocol_lines(self) -> list[str]:
+        proto = PROTOCOLS.get(self.protocol)
+        lines = [f"  protocol   {proto.name}: {proto.description}"]
+        if proto.follows_hints:
+            lines.append("             (the hints a distilled set carries, a learned lr, ZCA, a batch "
+                         "size, soft labels, replace the cells' retraining settings below)")
+        if self.preset.name == "paper" and "beard-compat" in self.threat_models:
+            if proto.name == "beard":
+                lines.append("  note       the published Table 1 was measured on models retrained "
+                             "with BEARD's protocol, as here")
+            else:
+                lines.append("  note       the published Table 1 was measured on models retrained "
+                             "with BEARD's protocol: add --protocol beard to compare with it")
+        return lines
 
     def _models_text(self) -> str:
         first, last = self.config.first_repeat, self.repeats - 1
@@ -225,6 +246,7 @@ def plan_run(config: RunConfig, *, require_data: bool = True) -> Plan:
     modes = attacks_mod.parse_modes(config.modes)
     threats = attacks_mod.parse_threat_models(config.threat_models)
     settings = blackbox.parse_settings(config.settings)
+    PROTOCOLS.get(config.protocol)  # an unknown name fails here, listing the known ones
     if "transfer" in settings:
         blackbox.transfer_specs(attack_specs, config.attacks is not None)
     n_test = config.test_subset if config.test_subset is not None else preset.attacks.test_subset

@@ -164,7 +164,7 @@ def transfer_records(plan: Plan, cache: Cache, images: torch.Tensor, labels: tor
             seed=plan.config.seed, repeat=repeat, arch=plan.config.arch, preset=plan.preset.name,
             threat_model=r.threat_model, setting="transfer", source_model=r.surrogate,
             mode=r.mode, attack=r.attack, eps=r.eps, accuracy=r.accuracy, seconds=r.seconds,
-            n_images=r.n_images, versions=vers) for r in results)
+            n_images=r.n_images, protocol=plan.protocol, versions=vers) for r in results)
     return records
 
 

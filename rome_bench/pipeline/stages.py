@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from rome_bench.methods.contract import MethodConfig
 from rome_bench.models import training as train_mod
 from rome_bench.models.convnet import Classifier, LinearTransform, build_model
 from rome_bench.pipeline.config import Cell, Plan
+from rome_bench.pipeline.protocol import resolve_retrain
 
 
 def distill_key(cell: Cell, plan: Plan) -> str:
@@ -93,7 +94,10 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
     result.labels = result.labels.detach().cpu()
     result.validate(plan.dataset.num_classes, plan.dataset.channels,
                     f"output of method '{cell.method}'")
-    result.meta = {**result.meta, "method": cell.label or cell.method,
+    # synthetic images are not clamped to [0,1] (docs/design.md, "Conventions"): record how
+    # much of the set lies outside it
+    result.meta = {**result.meta, "out_of_range": result.out_of_range,
+                   "method": cell.label or cell.method,
                    "dataset": plan.dataset.name, "ipc": result.ipc if ipc <= 0 else ipc,
                    "preset": plan.preset.name, "seed": plan.config.seed, "version": __version__,
                    "created": datetime.now().isoformat(timespec="seconds")}
@@ -110,25 +114,26 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
 
     With ``plan.config.progress_lines``, a finished training is reported through ``log``.
     """
-    entry = METHODS.entry(cell.method)
-    augment = bool(distilled.meta.get("augment", entry.meta.get("retrain_augment", True)))
     # the budget follows the requested IPC, not the stored image count (factorized sets such as
     # IDM's hold 4 sub-images per stored image)
     budget_ipc = cell.ipc if cell.ipc > 0 else distilled.ipc
-    if entry.meta.get("ipc_independent"):
-        epochs = plan.preset.retrain.full
-    else:
-        epochs = plan.preset.retrain.for_ipc(budget_ipc, augment)
-    cfg = train_mod.TrainConfig(epochs=epochs, lr=float(distilled.meta.get("lr", 0.01)),
-                                decay_epoch=plan.preset.retrain.decay_epoch(epochs),
-                                augment=augment,
-                                batch_size=int(distilled.meta.get("retrain_batch_size", 256)))
+    settings = resolve_retrain(plan.protocol, cell.method, budget_ipc, plan.preset, distilled)
+    epochs = settings.epochs
+    cfg = train_mod.TrainConfig(epochs=epochs, lr=settings.lr, decay_epoch=settings.decay_epoch,
+                                augment=settings.augment, batch_size=settings.batch)
     seed = plan.config.seed * 1000 + repeat
+    # TrainConfig holds epochs, lr, batch and augmentation; what else a protocol changes (the
+    # whitening layer, soft or hard labels) enters the key when it differs from what ``native``
+    # resolves for the same set, so native keys stay those of runs made before protocols existed
+    native = resolve_retrain("native", cell.method, budget_ipc, plan.preset, distilled)
+    extra = {} if settings == native else {"retrain": asdict(settings)}
     key = content_key(stage="retrain", distilled=distill_key, arch=plan.config.arch, cfg=cfg,
-                      seed=seed, code=plan.code_of("train", train_mod), version=__version__)
+                      seed=seed, code=plan.code_of("train", train_mod), version=__version__,
+                      **extra)
     path = cache.model(key)
 
-    zca = distilled.meta.get("zca")
+    zca = distilled.meta.get("zca") if settings.use_zca else None
+    labels = distilled.labels if settings.soft_labels else distilled.hard_labels
 
     def fresh_model() -> Classifier:
         # sets distilled in a whitened space (MTT/DATM with ZCA) keep the whitening inside the
@@ -144,13 +149,13 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
     if path.exists() and not plan.config.fresh:
         model.load_state_dict(load_tensor_file(path, "cached model"))
         return model.eval(), key
-    dsa = DSA(plan.dataset.mean, plan.dataset.std) if augment else None
+    dsa = DSA(plan.dataset.mean, plan.dataset.std) if settings.augment else None
     label = cell.label or cell.method
     ipc_txt = "full" if cell.ipc == 0 else f"ipc{budget_ipc}"
     started = time.perf_counter()
     with tqdm(total=epochs, desc=f"retrain {label} {ipc_txt} #{repeat}", leave=False,
               disable=not plan.config.show_progress, dynamic_ncols=True) as bar:
-        train_mod.train_model(model, distilled.images, distilled.labels, cfg, augment=dsa,
+        train_mod.train_model(model, distilled.images, labels, cfg, augment=dsa,
                               seed=seed, device=plan.device, progress=bar.update)
     atomic_torch_save(model.cpu().state_dict(), path)
     if plan.config.progress_lines and log is not None:
@@ -223,8 +228,8 @@ def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan
             seed=plan.config.seed, repeat=repeat, arch=plan.config.arch, preset=plan.preset.name,
             threat_model=threat, setting=atk.setting if atk else "white-box", source_model=None,
             mode=mode, attack=m["attack"], eps=m["eps"], accuracy=m["accuracy"],
-            seconds=m["seconds"], n_images=m["n_images"], versions=vers,
-            n_attacked=m["n_attacked"], outcomes=m["outcomes"]))
+            seconds=m["seconds"], n_images=m["n_images"], protocol=plan.protocol,
+            versions=vers, n_attacked=m["n_attacked"], outcomes=m["outcomes"]))
     return records
 
 

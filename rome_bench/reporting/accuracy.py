@@ -12,7 +12,7 @@ from tabulate import tabulate
 
 from rome_bench.core.catalog import ATTACKS, SUITE
 from rome_bench.core.records import Record
-from rome_bench.reporting.layout import ReportError, split_groups
+from rome_bench.reporting.layout import one_group_for_csv, split_groups
 from rome_bench.reporting.naming import display_dataset, display_method, format_value, method_order
 
 
@@ -55,12 +55,11 @@ def accuracy_rows(records: list[Record]) -> tuple[list[str], list[list[str]]]:
 
 
 def format_accuracy(records: list[Record], fmt: str = "markdown", threat_model: str | None = None,
-                    preset: str | None = None) -> str:
+                    preset: str | None = None, protocol: str | None = None) -> str:
     """The second table: clean and attacked accuracy (%) per method and IPC."""
-    groups = split_groups(records, threat_model, preset)
-    if fmt == "csv" and len(groups) > 1:
-        raise ReportError("the records mix " + ", ".join(g.title for g in groups) +
-                          "; a CSV table holds one: choose with --threat-model / --preset")
+    groups = split_groups(records, threat_model, preset, protocol)
+    if fmt == "csv":
+        one_group_for_csv(groups)
     parts = []
     for g in groups:
         headers, body = accuracy_rows(g.records)

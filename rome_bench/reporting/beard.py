@@ -65,7 +65,7 @@ def parse_beard_logs(paths: list[str | Path], run_id: str = "beard-import") -> l
             common = dict(run_id=run_id, method=m["method"].strip(), dataset=dataset,
                           ipc=int(m["ipc"]), seed=0, repeat=0, arch="ConvNet", preset="beard-log",
                           threat_model="beard-compat", setting="white-box", source_model=None,
-                          eps=None, n_images=0, created=now(),
+                          eps=None, n_images=0, protocol="beard", created=now(),
                           versions={"source": f"{path.name}:{lineno}"})
             t_acc, u_acc = float(m["t_acc"]), float(m["u_acc"])
             t_time, u_time = float(m["t_time"]), float(m["u_time"])

@@ -328,9 +328,10 @@ def has_robust_points(records: list[Record]) -> bool:
 # -- distilled-image grids ---------------------------------------------------------------
 @dataclass
 class ImageGrid:
-    """What a distilled-image grid draws: images in [0,1] (N,C,H,W), their hard labels, a
-    title and the class names (reporting reads no distilled-set files itself; the caller
-    converts them, see ``rome_bench.pipeline.runner.image_grids``)."""
+    """What a distilled-image grid draws: images (N,C,H,W) in pixel units, clamped to [0,1]
+    only for drawing, their hard labels, a title and the class names (reporting reads no
+    distilled-set files itself; the caller converts them, see
+    ``rome_bench.pipeline.runner.image_grids``)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -381,7 +382,7 @@ def write_figures(records: list[Record], folder: str | Path, *,
     written: list[Path] = []
     skipped: list[str] = []
     for g in split_groups(records):
-        stem = f"{g.threat_model}_{g.preset}"
+        stem = g.stem
         title = g.title
         transfer = [r for r in g.records if r.setting == "transfer"]
         if transfer:

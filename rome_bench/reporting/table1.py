@@ -16,6 +16,7 @@ from rome_bench.reporting.layout import (
     FORMATS,
     ReportError,
     TableGroup,
+    one_group_for_csv,
     render_table,
     split_groups,
 )
@@ -116,7 +117,8 @@ def _ranked(rows: list[Table1Row]) -> dict[tuple[int, str], tuple[str, int | Non
 def format_table1(records: list[Record], fmt: str = "markdown", alpha: float = 0.5,
                   reference: str | None = None, threat_model: str | None = None,
                   preset: str | None = None, per_ipc: bool = False,
-                  ci: Bootstrap | None = None, ae_baseline: str = DEFAULT_AE_BASELINE) -> str:
+                  protocol: str | None = None, ci: Bootstrap | None = None,
+                  ae_baseline: str = DEFAULT_AE_BASELINE) -> str:
     """The paper's Table 1 layout (rows = methods; targeted / untargeted RR, CREI, I-RR, I-CREI).
 
     ``ci`` adds 95% bootstrap intervals (CSV: ``*_ci_low``/``*_ci_high`` columns after the
@@ -124,10 +126,9 @@ def format_table1(records: list[Record], fmt: str = "markdown", alpha: float = 0
     """
     if fmt not in FORMATS:
         raise ReportError(f"Unknown format '{fmt}'. Available: {', '.join(FORMATS)}")
-    groups = split_groups(records, threat_model, preset)
-    if fmt == "csv" and len(groups) > 1:
-        raise ReportError("the records mix " + ", ".join(g.title for g in groups) +
-                          "; a CSV table holds one: choose with --threat-model / --preset")
+    groups = split_groups(records, threat_model, preset, protocol)
+    if fmt == "csv":
+        one_group_for_csv(groups)
     ref = load_reference(reference) if reference else None
     parts = []
     for g in groups:

@@ -18,7 +18,14 @@ from importlib import resources
 from pathlib import Path
 
 from rome_bench.core.records import Record
-from rome_bench.reporting.layout import FORMATS, ReportError, TableGroup, render_table, split_groups
+from rome_bench.reporting.layout import (
+    FORMATS,
+    ReportError,
+    TableGroup,
+    one_group_for_csv,
+    render_table,
+    split_groups,
+)
 from rome_bench.reporting.metrics import metric_table
 from rome_bench.reporting.naming import (
     display_dataset,
@@ -99,18 +106,18 @@ def load_reference2(name: str = "paper") -> dict[tuple[str, str], dict[str, floa
 
 def format_table2(records: list[Record], fmt: str = "markdown", alpha: float = 0.5,
                   reference: str | None = None, threat_model: str | None = None,
-                  preset: str | None = None) -> str:
+                  preset: str | None = None, protocol: str | None = None) -> str:
     """Table 2 (rows = victim methods) in markdown, CSV or LaTeX, optionally beside the paper's."""
     if fmt not in FORMATS:
         raise ReportError(f"Unknown format '{fmt}'. Available: {', '.join(FORMATS)}")
     if not has_blackbox(records):
         raise ReportError("no transfer or query records: run with --setting transfer,query")
-    groups = [g for g in split_groups(records, threat_model, preset) if has_blackbox(g.records)]
+    groups = [g for g in split_groups(records, threat_model, preset, protocol)
+              if has_blackbox(g.records)]
     if not groups:
         raise ReportError("no transfer or query records match the selected threat model / preset")
-    if fmt == "csv" and len(groups) > 1:
-        raise ReportError("the records mix " + ", ".join(g.title for g in groups) +
-                          "; a CSV table holds one: choose with --threat-model / --preset")
+    if fmt == "csv":
+        one_group_for_csv(groups)
     ref = load_reference2(reference) if reference else None
     return "\n\n".join(_render(table2_rows(g.records, alpha), fmt, g, ref) for g in groups)
 

@@ -51,34 +51,37 @@ def tables_for(records: list[Record], kind: str | None = None) -> list[str]:
 def format_tables(records: list[Record], names: list[str], fmt: str = "markdown",
                   alpha: float = 0.5, reference: str | None = None,
                   threat_model: str | None = None, preset: str | None = None,
-                  per_ipc: bool = False, ci: Bootstrap | None = None,
-                  bootstrap: Bootstrap | None = None,
+                  per_ipc: bool = False, protocol: str | None = None,
+                  ci: Bootstrap | None = None, bootstrap: Bootstrap | None = None,
                   ae_baseline: str = DEFAULT_AE_BASELINE) -> str:
     """The named tables (see :func:`tables_for`) in ``fmt``, separated by blank lines.
 
-    ``ci`` adds bootstrap intervals to Table 1; ``bootstrap`` sets the robust table's (default:
-    ``ci``, else 2000 resamples, seed 0).
+    ``protocol`` keeps only records of that evaluation protocol; ``ci`` adds bootstrap
+    intervals to Table 1; ``bootstrap`` sets the robust table's (default: ``ci``, else 2000
+    resamples, seed 0).
     """
     check_ae_baseline(ae_baseline)
     parts = []
     for name in names:
         if name == TABLE1:
             parts.append(format_table1(records, fmt, alpha, reference, threat_model, preset,
-                                       per_ipc, ci, ae_baseline))
+                                       per_ipc, protocol, ci, ae_baseline))
         elif name == ROBUST:
-            parts.append(format_robust(records, fmt, threat_model, preset,
+            chosen = [r for r in records if protocol is None or r.protocol == protocol]
+            parts.append(format_robust(chosen, fmt, threat_model, preset,
                                        bootstrap or ci or Bootstrap()))
         elif name == TABLE2:
-            parts.append(format_table2(records, fmt, alpha, reference, threat_model, preset))
+            parts.append(format_table2(records, fmt, alpha, reference, threat_model, preset,
+                                       protocol))
         else:
-            parts.append(format_accuracy(records, fmt, threat_model, preset))
+            parts.append(format_accuracy(records, fmt, threat_model, preset, protocol))
     return "\n\n".join(parts)
 
 
 def write_tables(records: list[Record], folder: Path, alpha: float = 0.5,
                  ae_baseline: str = DEFAULT_AE_BASELINE) -> list[Path]:
     """Write every table of a run folder: ``tables.md`` with all of them, and CSV and LaTeX per
-    (threat model, preset) group; returns the paths."""
+    (threat model, preset, protocol) group; returns the paths."""
     names = tables_for(records)
     written: list[Path] = []
 
@@ -87,14 +90,14 @@ def write_tables(records: list[Record], folder: Path, alpha: float = 0.5,
         written.append(path)
 
     for g in split_groups(records):
-        stem = f"{g.threat_model}_{g.preset}"
+        stem = g.stem
         if TABLE2 in names and has_blackbox(g.records):
             for ext, fmt in (("csv", "csv"), ("tex", "latex")):
                 write(folder / f"table2_{stem}.{ext}", format_table2(g.records, fmt, alpha) + "\n")
     write(folder / "tables.md",
           format_tables(records, names, "markdown", alpha, ae_baseline=ae_baseline) + "\n")
     for g in split_groups(records):
-        stem = f"{g.threat_model}_{g.preset}"
+        stem = g.stem
         if has_attacks(g.records):
             for ext, fmt in (("csv", "csv"), ("tex", "latex")):
                 write(folder / f"table1_{stem}.{ext}",
