@@ -16,6 +16,8 @@ Helpers for the loops:
   sample (the ConvNet's instance norm has no batch statistics), so this gives exactly the
   per-class reference result;
 * :func:`dm_loss`: the whole DM objective for one network;
+* :func:`update_images`: the image update of one :func:`queue_matching` iteration given its
+  sampled network (what ``tests/test_reference_parity.py`` compares with the reference code);
 * :func:`queue_matching`: the IDM-style distillation loop (queue of partially trained nets,
   factorized images, one image step per class) with a pluggable per-class loss, a pluggable
   transform of the real batch and a pluggable network-training batch. IDM and BACON are thin
@@ -384,29 +386,52 @@ def queue_matching(train: ImageSet, ipc: int, cfg: Any, class_loss: ClassLoss, *
             queue.reset_meters()
         queue.step(it)
         (net,) = queue.sample(1)
-        model = net.model.eval()
-        weight = net.accuracy
         seeds = [draw_seed(g) for _ in range(num_classes)]
         idx = [sampler.indices(c, s.batch_real) for c in range(num_classes)]
-        transform = None
-        if real_transform is not None:
-            def transform(zb: torch.Tensor, yb: torch.Tensor, _m: Classifier = model) -> torch.Tensor:
-                return real_transform(_m, zb, yb)
-        real = embed_per_class(model.net.embed, indexed_batches(x_train, idx, norm),
-                               num_classes, seeds, aug, max_batch=s.max_batch, grad=False,
-                               transform=transform)
-        for c in range(num_classes):
-            syn_c, _ = expand(z[c * ipc:(c + 1) * ipc], None, s.factor)
-            syn_c = aug.augment_normalized(syn_c, seed=seeds[c])
-            feats = embed_in_passes(model.net.embed, syn_c, s.max_batch)
-            logits = model.net.classifier(feats)
-            lab = torch.full((feats.shape[0],), c, dtype=torch.long, device=feats.device)
-            loss = class_loss(ClassTerms(c, real[c], feats, logits, lab, weight, net), s)
-            image_step(opt, loss, z)
+        update_images(net, z, opt, indexed_batches(x_train, idx, norm), seeds, aug,
+                      class_loss, s, real_transform)
         queue.train(x_train, y_train)
     return expanded_distilled_set(z, labels, spec.mean, spec.std, s.factor,
                                   meta={"iterations": s.iterations,
                                         "seconds": round(time.perf_counter() - t0, 2)})
+
+
+def update_images(net: QueuedNet, z: torch.Tensor, opt: torch.optim.Optimizer,
+                  real_batch: Callable[[int], torch.Tensor], seeds: Sequence[int],
+                  aug: DSA | None, class_loss: ClassLoss, s: QueueMatchingConfig,
+                  real_transform: RealTransform | None = None) -> torch.Tensor:
+    """The image update of one :func:`queue_matching` iteration, given its sampled network.
+
+    Embeds every class's augmented real batch (``real_batch(c)``: normalized, augmented with
+    ``seeds[c]``, then ``real_transform`` if given) with ``net``'s model, then for each class
+    in order expands its stored images (``len(seeds)`` classes, ``z`` class-contiguous),
+    augments them with the same seed, computes ``class_loss`` and takes one ``opt`` step on
+    ``z``. ``aug`` None skips the augmentation.
+
+    Returns:
+        The detached per-class losses, shape (num_classes,).
+    """
+    num_classes = len(seeds)
+    ipc = z.shape[0] // num_classes
+    model = net.model.eval()
+    transform = None
+    if real_transform is not None:
+        def transform(zb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            return real_transform(model, zb, yb)
+    real = embed_per_class(model.net.embed, real_batch, num_classes, seeds, aug,
+                           max_batch=s.max_batch, grad=False, transform=transform)
+    losses = []
+    for c in range(num_classes):
+        syn_c, _ = expand(z[c * ipc:(c + 1) * ipc], None, s.factor)
+        if aug is not None:
+            syn_c = aug.augment_normalized(syn_c, seed=int(seeds[c]))
+        feats = embed_in_passes(model.net.embed, syn_c, s.max_batch)
+        logits = model.net.classifier(feats)
+        lab = torch.full((feats.shape[0],), c, dtype=torch.long, device=feats.device)
+        loss = class_loss(ClassTerms(c, real[c], feats, logits, lab, net.accuracy, net), s)
+        image_step(opt, loss, z)
+        losses.append(loss.detach())
+    return torch.stack(losses)
 
 
 def weighted_ce(terms: ClassTerms, ce_weight: float) -> torch.Tensor:
