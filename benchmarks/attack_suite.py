@@ -146,7 +146,7 @@ def main() -> None:
                   + ("identical" if same else f"differ by up to {worst:.1f} points"))
             if not same:
                 for k in a_ours:
-                    if a_ours[k] != a_bare[k]:
+                    if abs(a_ours[k] - a_bare[k]) >= 1e-9:
                         print(f"      {k:<24} {a_ours[k]:6.2f} vs {a_bare[k]:6.2f}")
         steps = PRESET.attacks.overrides.get("DeepFool", {})
         t_b, acc_b = timed(deepfool_alone, "DeepFool", model, x, y, steps)

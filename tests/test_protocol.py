@@ -34,29 +34,29 @@ def distilled(soft: bool = False, **meta) -> DistilledSet:
 def test_native_retrains_each_method_as_its_reference():
     # planned (no set yet): the method's declared defaults, each hint followed if present
     assert resolve_retrain("native", "dc", 10, PAPER) == RetrainSettings(
-        epochs=300, lr=0.01, batch=256, augment=False, use_zca=True, use_learned_lr=True,
+        epochs=301, decay_epoch=152, lr=0.01, batch=256, augment=False, use_zca=True, use_learned_lr=True,
         soft_labels=True)
     assert resolve_retrain("native", "dsa", 10, PAPER).augment is True
-    assert resolve_retrain("native", "dsa", 10, PAPER).epochs == 1000
+    assert resolve_retrain("native", "dsa", 10, PAPER).epochs == 1001
     # with the set: what MTT and DATM leave in meta is applied
     dc = resolve_retrain("native", "dc", 10, PAPER, distilled())
-    assert (dc.epochs, dc.augment, dc.lr, dc.batch) == (300, False, 0.01, 256)
+    assert (dc.epochs, dc.augment, dc.lr, dc.batch) == (301, False, 0.01, 256)
     assert not (dc.use_zca or dc.use_learned_lr or dc.soft_labels)
     dsa = resolve_retrain("native", "dsa", 10, PAPER, distilled())
-    assert (dsa.epochs, dsa.augment, dsa.lr, dsa.batch) == (1000, True, 0.01, 256)
+    assert (dsa.epochs, dsa.augment, dsa.lr, dsa.batch) == (1001, True, 0.01, 256)
     mtt = resolve_retrain("native", "mtt", 10, PAPER, distilled(lr=0.0123, zca=ZCA))
-    assert (mtt.epochs, mtt.augment, mtt.lr, mtt.batch) == (1000, True, 0.0123, 256)
+    assert (mtt.epochs, mtt.augment, mtt.lr, mtt.batch) == (1001, True, 0.0123, 256)
     assert mtt.use_zca and mtt.use_learned_lr and not mtt.soft_labels
     datm = resolve_retrain("native", "datm", 10, PAPER,
                            distilled(soft=True, lr=0.02, zca=ZCA, retrain_batch_size=128))
-    assert (datm.epochs, datm.augment, datm.lr, datm.batch) == (1000, True, 0.02, 128)
+    assert (datm.epochs, datm.augment, datm.lr, datm.batch) == (1001, True, 0.02, 128)
     assert datm.use_zca and datm.use_learned_lr and datm.soft_labels
 
 
 @pytest.mark.parametrize("method", ["dc", "dsa", "mtt", "datm"])
 def test_beard_retrains_every_method_alike(method):
     hints = distilled(soft=True, lr=0.02, zca=ZCA, retrain_batch_size=128, augment=False)
-    expected = RetrainSettings(epochs=1000, lr=0.01, batch=256, augment=True, use_zca=False,
+    expected = RetrainSettings(epochs=1001, decay_epoch=502, lr=0.01, batch=256, augment=True, use_zca=False,
                                use_learned_lr=False, soft_labels=False)
     assert resolve_retrain("beard", method, 10, PAPER) == expected
     assert resolve_retrain("beard", method, 10, PAPER, hints) == expected
@@ -82,9 +82,11 @@ def test_unknown_protocol_is_a_one_line_error():
 def test_plan_prints_the_protocol_and_each_cells_settings():
     text = plan_run(RunConfig(methods=["dc", "random"], protocol="BEARD")).describe()
     assert "protocol   beard:" in text
-    assert "retrain 150 epochs, DSA, lr 0.01, batch 256, no ZCA, hard labels" in text
+    assert ("retrain 150 epochs (lr/10 from epoch 75), DSA, lr 0.01, batch 256, no ZCA, "
+            "hard labels") in text
     native = plan_run(RunConfig(methods=["dc"])).describe()
-    assert "protocol   native:" in native and "retrain 150 epochs, no aug, lr 0.01" in native
+    assert "protocol   native:" in native
+    assert "retrain 150 epochs (lr/10 from epoch 75), no aug, lr 0.01" in native
 
 
 def test_paper_table_path_says_which_protocol_the_published_table_used():
