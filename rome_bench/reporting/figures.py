@@ -15,6 +15,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -399,21 +400,21 @@ def write_figures(records: list[Record], folder: str | Path, *,
                         f"victim accuracy under transfer, {mode}, IPC {ipc}\n{title}")
         else:
             skipped.append(f"transfer heatmap ({stem}): no transfer records (--setting transfer)")
-        if robustness_curves(g.records):
-            written += plot_robustness_curves(g.records, out, f"robustness_curves_{stem}",
-                                              f"accuracy vs PGD eps\n{title}")
-        else:
-            skipped.append(f"robustness curves ({stem}): no PGD sweep records (--attacks sweep)")
-        if has_attacks(g.records):
-            written += plot_table1_bars(g.records, out, f"table1_bars_{stem}",
-                                        f"Table-1 metrics\n{title}", alpha)
-        else:
-            skipped.append(f"metric bars ({stem}): no white-box attack records")
-        if has_robust_points(g.records):
-            written += plot_robust_scatter(g.records, out, f"robust_scatter_{stem}",
-                                           f"clean vs AutoAttack accuracy\n{title}")
-        else:
-            skipped.append(f"clean-vs-robust scatter ({stem}): no untargeted AutoAttack records")
+        # (the records support it, how to draw it, file stem, title, what is skipped otherwise)
+        per_group = [
+            (bool(robustness_curves(g.records)), plot_robustness_curves, "robustness_curves",
+             "accuracy vs PGD eps", "robustness curves", "no PGD sweep records (--attacks sweep)"),
+            (has_attacks(g.records), partial(plot_table1_bars, alpha=alpha), "table1_bars",
+             "Table-1 metrics", "metric bars", "no white-box attack records"),
+            (has_robust_points(g.records), plot_robust_scatter, "robust_scatter",
+             "clean vs AutoAttack accuracy", "clean-vs-robust scatter",
+             "no untargeted AutoAttack records"),
+        ]
+        for supported, draw, name, what, label, reason in per_group:
+            if supported:
+                written += draw(g.records, out, f"{name}_{stem}", f"{what}\n{title}")
+            else:
+                skipped.append(f"{label} ({stem}): {reason}")
     if distilled:
         for name, grid in sorted(distilled.items()):
             written += plot_distilled_grid(grid, out, f"distilled_{name}")

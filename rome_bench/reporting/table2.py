@@ -18,22 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 from rome_bench.core.records import Record
-from rome_bench.reporting.layout import (
-    FORMATS,
-    ReportError,
-    TableGroup,
-    one_group_for_csv,
-    render_table,
-    split_groups,
-)
+from rome_bench.reporting import layout, naming
 from rome_bench.reporting.metrics import metric_table
-from rome_bench.reporting.naming import (
-    display_dataset,
-    display_method,
-    format_value,
-    method_order,
-    reference_key,
-)
 
 TABLE2_COLUMNS = ("targeted_transfer_I-RR", "targeted_query_I-RR", "untargeted_transfer_I-RR",
                   "untargeted_query_I-RR")
@@ -83,7 +69,7 @@ def table2_rows(records: list[Record], alpha: float = 0.5) -> list[Table2Row]:
             row = rows.setdefault(k, Table2Row(k[0], k[1], sorted(ipcs.get(k, ())), mr.clean, {},
                                                mr.repeats))
             row.cells[f"{mr.key.mode}_{setting}_I-RR"] = mr.values["I-RR"]
-    return sorted(rows.values(), key=lambda r: (r.dataset, method_order(r.method)))
+    return sorted(rows.values(), key=lambda r: (r.dataset, naming.method_order(r.method)))
 
 
 def load_reference2(name: str = "paper") -> dict[tuple[str, str], dict[str, float]]:
@@ -93,13 +79,13 @@ def load_reference2(name: str = "paper") -> dict[tuple[str, str], dict[str, floa
     else:
         path = Path(name)
         if not path.is_file():
-            raise ReportError(f"reference table {path} does not exist (use 'paper' or a CSV path)")
+            raise layout.ReportError(f"reference table {path} does not exist (use 'paper' or a CSV path)")
         text = path.read_text()
     out: dict[tuple[str, str], dict[str, float]] = {}
     for row in csv.DictReader(io.StringIO(text)):
         missing = [c for c in ("dataset", "method", *TABLE2_COLUMNS) if c not in row]
         if missing:
-            raise ReportError(f"reference {name} lacks the Table-2 columns {missing}")
+            raise layout.ReportError(f"reference {name} lacks the Table-2 columns {missing}")
         out[(row["dataset"], row["method"])] = {c: float(row[c]) for c in TABLE2_COLUMNS}
     return out
 
@@ -108,21 +94,21 @@ def format_table2(records: list[Record], fmt: str = "markdown", alpha: float = 0
                   reference: str | None = None, threat_model: str | None = None,
                   preset: str | None = None, protocol: str | None = None) -> str:
     """Table 2 (rows = victim methods) in markdown, CSV or LaTeX, optionally beside the paper's."""
-    if fmt not in FORMATS:
-        raise ReportError(f"Unknown format '{fmt}'. Available: {', '.join(FORMATS)}")
+    if fmt not in layout.FORMATS:
+        raise layout.ReportError(f"Unknown format '{fmt}'. Available: {', '.join(layout.FORMATS)}")
     if not has_blackbox(records):
-        raise ReportError("no transfer or query records: run with --setting transfer,query")
-    groups = [g for g in split_groups(records, threat_model, preset, protocol)
+        raise layout.ReportError("no transfer or query records: run with --setting transfer,query")
+    groups = [g for g in layout.split_groups(records, threat_model, preset, protocol)
               if has_blackbox(g.records)]
     if not groups:
-        raise ReportError("no transfer or query records match the selected threat model / preset")
+        raise layout.ReportError("no transfer or query records match the selected threat model / preset")
     if fmt == "csv":
-        one_group_for_csv(groups)
+        layout.one_group_for_csv(groups)
     ref = load_reference2(reference) if reference else None
     return "\n\n".join(_render(table2_rows(g.records, alpha), fmt, g, ref) for g in groups)
 
 
-def _render(rows: list[Table2Row], fmt: str, group: TableGroup,
+def _render(rows: list[Table2Row], fmt: str, group: layout.TableGroup,
             ref: dict[tuple[str, str], dict[str, float]] | None) -> str:
     if fmt == "csv":
         buf = io.StringIO()
@@ -134,28 +120,28 @@ def _render(rows: list[Table2Row], fmt: str, group: TableGroup,
                     for c in TABLE2_COLUMNS]
             extra = []
             if ref is not None:
-                p = ref.get(reference_key(r.dataset, r.method))
+                p = ref.get(naming.reference_key(r.dataset, r.method))
                 extra = [f"{p[c]:.2f}" if p else "" for c in TABLE2_COLUMNS]
             clean = "" if r.clean[0] is None else f"{r.clean[0]:.2f}"
-            w.writerow([display_dataset(r.dataset), ",".join(map(str, r.ipcs)),
-                        display_method(r.method), clean, *vals, *extra])
+            w.writerow([naming.display_dataset(r.dataset), ",".join(map(str, r.ipcs)),
+                        naming.display_method(r.method), clean, *vals, *extra])
         return buf.getvalue().rstrip("\n")
     body = []
     for r in rows:
         cells = []
         for c in TABLE2_COLUMNS:
             mean, std = r.cells.get(c, (None, None))
-            text = format_value(mean, std, r.repeats)
+            text = naming.format_value(mean, std, r.repeats)
             if ref is not None:
-                p = ref.get(reference_key(r.dataset, r.method))
+                p = ref.get(naming.reference_key(r.dataset, r.method))
                 if p is None:
                     text += " (paper N/A)"
                 else:
                     text += (f" (paper {p[c]:.2f}, {mean - p[c]:+.2f})" if mean is not None
                              else f" (paper {p[c]:.2f})")
             cells.append(text.replace("±", "$\\pm$") if fmt == "latex" else text)
-        clean = format_value(r.clean[0], r.clean[1], r.repeats)
-        body.append([display_dataset(r.dataset), display_method(r.method),
+        clean = naming.format_value(r.clean[0], r.clean[1], r.repeats)
+        body.append([naming.display_dataset(r.dataset), naming.display_method(r.method),
                      ",".join("full" if i == 0 else str(i) for i in r.ipcs), clean, *cells])
     headers = ["Dataset", "Victim", "IPC", "Clean", "T transfer I-RR", "T query I-RR",
                "U transfer I-RR", "U query I-RR"]
@@ -166,10 +152,10 @@ def _render(rows: list[Table2Row], fmt: str, group: TableGroup,
     if ref is not None and group.threat_model != "beard-compat":
         note += (" The paper's numbers were measured under the beard-compat threat model: "
                  "compare them with --threat-model beard-compat records.")
-    return render_table("Black-box robustness (Table 2 layout)", group.title, body, headers, note,
+    return layout.render_table("Black-box robustness (Table 2 layout)", group.title, body, headers, note,
                         fmt)
 
 
-def _attacks(group: TableGroup, setting: str) -> str:
+def _attacks(group: layout.TableGroup, setting: str) -> str:
     names = sorted({r.attack for r in group.records if r.setting == setting and r.mode != "clean"})
     return ", ".join(names) if names else "none"
