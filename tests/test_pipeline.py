@@ -323,3 +323,56 @@ def test_first_repeat_outside_the_cell_is_a_one_line_error(tmp_path):
     assert res.stderr.strip() == ("rome-bench: error: --first-repeat must be in 0..1 (the cell "
                                   "has 2 model(s)), got 2")
     assert not (tmp_path / "r").exists()
+
+
+def test_one_cache_shared_by_threat_models_overrides_and_test_subsets(tmp_path, monkeypatch):
+    """Each measurement is keyed by its threat model, attack parameters and test subset: a run
+    that shares a cache with a different one must read nothing of the other's."""
+    from rome_bench.pipeline.presets import PRESETS
+
+    def records_of(cache: str, **kw):
+        monkeypatch.setenv("ROME_BENCH_CACHE", str(tmp_path / cache))
+        _, recs = pipeline.run(config(tmp_path, methods=["random"], ipcs=[1], attacks="PGD",
+                                      modes="untargeted", out=str(tmp_path / cache / "out"), **kw),
+                               echo=lambda s: None)
+        return sorted((r.threat_model, r.attack, r.mode, r.n_images, r.accuracy) for r in recs)
+
+    records_of("shared", threat_models="standard")
+    assert records_of("shared", threat_models="beard-compat") == records_of(
+        "alone-compat", threat_models="beard-compat")
+    assert records_of("shared", threat_models="standard", test_subset=10) == records_of(
+        "alone-10", threat_models="standard", test_subset=10)
+    monkeypatch.setitem(PRESETS.get("unit").attacks.overrides, "PGD", {"steps": 1, "alpha": 8 / 255})
+    assert records_of("shared", threat_models="standard") == records_of(
+        "alone-override", threat_models="standard")
+
+
+def test_a_100_class_run_passes_its_class_count_to_every_attack(tmp_path, monkeypatch):
+    """CIFAR-100's pipeline end to end on a tiny fake release: targets come from 100 classes."""
+    import numpy as np
+
+    from conftest import write_cifar_batch
+    from rome_bench.pipeline import stages as stages_mod
+
+    folder = tmp_path / "c100" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 2), ("test", 1)):
+        y = np.repeat(np.arange(100), per_class)
+        x = rng.integers(0, 256, size=(len(y), 32, 32, 3), dtype=np.uint8)
+        write_cifar_batch(folder / split, x, y, key="fine_labels")
+    seen = []
+    real = stages_mod.run_attack
+
+    def spy(*a, **kw):
+        seen.append((kw["mode"], kw["num_classes"]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(stages_mod, "run_attack", spy)
+    plan, recs = pipeline.run(config(tmp_path, methods=["random"], ipcs=[1], attacks="FGSM",
+                                     dataset="cifar100", data_root=str(tmp_path / "c100"),
+                                     test_subset=100), echo=lambda s: None)
+    assert plan.dataset.num_classes == 100
+    assert seen and all(n == 100 for _, n in seen) and {m for m, _ in seen} == {"targeted",
+                                                                              "untargeted"}
+    assert {r.dataset for r in recs} == {"cifar100"} and all(r.n_images == 100 for r in recs)

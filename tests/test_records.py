@@ -91,3 +91,24 @@ def test_records_without_the_newer_fields_still_read(tmp_path):
     path.write_text(json.dumps(row) + "\n")
     (rec,) = read_records([path])
     assert rec.n_attacked is None and rec.outcomes is None
+
+
+def test_the_newest_row_wins_whichever_file_sorts_first(tmp_path):
+    # the newer measurement is in the file that sorts LAST: a reader that lets the first file
+    # win (or the last file, or the smallest value) fails one of the two layouts
+    for newer_first in (False, True):
+        root = tmp_path / str(newer_first)
+        older, newer = ("b", "a") if newer_first else ("a", "b")
+        RecordStore(root / older / "records.jsonl").append([_record("PGD", 30.0, "2026-11-01T00:00:00")])
+        RecordStore(root / newer / "records.jsonl").append([_record("PGD", 20.0, "2026-11-02T00:00:00")])
+        assert [r.accuracy for r in read_records([root])] == [20.0]
+
+
+def test_within_a_file_the_latest_row_decides_which_file_is_newest(tmp_path):
+    # file a holds the measurement twice (early and late), file b once in between: a holds the
+    # newest row, so its rows are kept as written; keeping the smallest time per file would
+    # let b win
+    RecordStore(tmp_path / "a" / "records.jsonl").append(
+        [_record("PGD", 30.0, "2026-11-01T00:00:00"), _record("PGD", 31.0, "2026-11-03T00:00:00")])
+    RecordStore(tmp_path / "b" / "records.jsonl").append([_record("PGD", 20.0, "2026-11-02T00:00:00")])
+    assert [r.accuracy for r in read_records([tmp_path])] == [30.0, 31.0]
