@@ -327,7 +327,8 @@ def test_first_repeat_outside_the_cell_is_a_one_line_error(tmp_path):
 
 def test_one_cache_shared_by_threat_models_overrides_and_test_subsets(tmp_path, monkeypatch):
     """Each measurement is keyed by its threat model, attack parameters and test subset: a run
-    that shares a cache with a different one must read nothing of the other's."""
+    that shares a cache with a different one makes its own measurements (the shared cache grows
+    by exactly them) and records what a run on an empty cache records."""
     from rome_bench.pipeline.presets import PRESETS
 
     def records_of(cache: str, **kw):
@@ -335,23 +336,31 @@ def test_one_cache_shared_by_threat_models_overrides_and_test_subsets(tmp_path, 
         _, recs = pipeline.run(config(tmp_path, methods=["random"], ipcs=[1], attacks="PGD",
                                       modes="untargeted", out=str(tmp_path / cache / "out"), **kw),
                                echo=lambda s: None)
-        return sorted((r.threat_model, r.attack, r.mode, r.n_images, r.accuracy) for r in recs)
+        return sorted((r.threat_model, r.attack, r.n_images, r.n_attacked, r.accuracy)
+                      for r in recs)
+
+    def measurements() -> int:
+        return len(list((tmp_path / "shared" / "measurements").glob("*.json")))
 
     records_of("shared", threat_models="standard")
+    assert measurements() == 2  # clean and PGD
     assert records_of("shared", threat_models="beard-compat") == records_of(
         "alone-compat", threat_models="beard-compat")
+    assert measurements() == 4  # the compat clean pass and PGD are measurements of their own
     assert records_of("shared", threat_models="standard", test_subset=10) == records_of(
         "alone-10", threat_models="standard", test_subset=10)
+    assert measurements() == 6
     monkeypatch.setitem(PRESETS.get("unit").attacks.overrides, "PGD", {"steps": 1, "alpha": 8 / 255})
     assert records_of("shared", threat_models="standard") == records_of(
         "alone-override", threat_models="standard")
+    assert measurements() == 7  # only PGD has new parameters; the clean pass is reused
 
 
 def test_a_100_class_run_passes_its_class_count_to_every_attack(tmp_path, monkeypatch):
     """CIFAR-100's pipeline end to end on a tiny fake release: targets come from 100 classes."""
     import numpy as np
-
     from conftest import write_cifar_batch
+
     from rome_bench.pipeline import stages as stages_mod
 
     folder = tmp_path / "c100" / "cifar-100-python"
@@ -376,3 +385,24 @@ def test_a_100_class_run_passes_its_class_count_to_every_attack(tmp_path, monkey
     assert seen and all(n == 100 for _, n in seen) and {m for m, _ in seen} == {"targeted",
                                                                               "untargeted"}
     assert {r.dataset for r in recs} == {"cifar100"} and all(r.n_images == 100 for r in recs)
+
+
+def test_transfer_studies_pair_models_of_the_same_ipc_and_repeat(tmp_path):
+    """Several IPCs and repeats: each (IPC, repeat) is its own study, surrogate x victim."""
+    from collections import Counter
+
+    from rome_bench.attacks.blackbox import TransferModel
+    from rome_bench.models.convnet import build_model
+
+    plan = plan_run(config(tmp_path, methods=["random"], attacks="FGSM", modes="untargeted",
+                           settings="transfer"))
+    torch.manual_seed(0)
+    models = [TransferModel(name, f"{name}-{ipc}-{rep}", build_model("convnet-w32", num_classes=10),
+                            ipc, rep)
+              for name in ("a", "b") for ipc in (1, 2) for rep in (0, 1)]
+    images, labels = torch.rand(6, 3, 32, 32), torch.arange(6)
+    recs = pipeline.transfer_records(plan, Cache(tmp_path / "cache"), images, labels, models)
+    assert Counter((r.ipc, r.repeat) for r in recs) == {g: 4 for g in
+                                                       [(1, 0), (1, 1), (2, 0), (2, 1)]}
+    pairs = {(r.ipc, r.repeat, r.source_model, r.method) for r in recs}
+    assert len(pairs) == 16  # a->a, a->b, b->a, b->b in each of the four studies
