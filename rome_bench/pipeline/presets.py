@@ -42,10 +42,6 @@ class RetrainBudget:
         """The first epoch trained at lr / 10 in a training of ``epochs`` epochs."""
         return self.decay_epochs.get(epochs, epochs // 2)
 
-    def describe(self, epochs: int) -> str:
-        """``'1001 epochs (lr/10 from epoch 502)'``, 0-based as :meth:`decay_epoch`."""
-        return f"{epochs} epochs (lr/10 from epoch {self.decay_epoch(epochs)})"
-
 
 @dataclass(frozen=True)
 class AttackBudget:
