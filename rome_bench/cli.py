@@ -129,7 +129,7 @@ def _config(**kw):
                      threat_models=kw["threat_models"], test_subset=kw["test_subset"],
                      device=kw["device"], show_progress=not kw["quiet"],
                      jobs=parse_jobs(kw.get("jobs", "1")), settings=kw.get("settings"),
-                     protocol=kw.get("protocol", "native"))
+                     protocol=kw.get("protocol", "native"), budget_of=kw.get("budget_of"))
 
 
 def parse_jobs(text: str | None) -> int | None:
@@ -190,6 +190,10 @@ def bootstrap_options(f):
               metavar="auto|N",
               help="Cells computed side by side in N worker processes (auto: one per CPU core, "
                    "at most 4, on a CPU; 1 on a GPU). Results do not depend on it.")
+@click.option("--budget-of", "budget_of", default=None, metavar="METHOD",
+              help="Distill every method with METHOD's budget for the hyperparameters both "
+                   "declare (iterations, real batch, queue settings): an equal-budget "
+                   "comparison. Rows are labelled <method>@<METHOD>-budget.")
 @eval_options
 def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> None:
     """Distill (or load), retrain, attack, and print the comparison table.
@@ -205,6 +209,8 @@ def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> Non
       rome-bench run --method full --repeats 3 --first-repeat 2   # only model #2
       rome-bench run --method all --preset paper --data-root ../shared/data/cifar10 \\
           --threat-model beard-compat --protocol beard    # the published Table 1's protocol
+      rome-bench run --method rome,rome-compat --budget-of idm --ipc 10 --preset cpu \
+          --data-root ../shared/data/cifar10    # ROME with IDM's distillation budget
     """
     from rome_bench.pipeline import runner as pipeline
 

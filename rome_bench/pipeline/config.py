@@ -63,6 +63,9 @@ class RunConfig:
     settings: str | None = None  # white-box | transfer | query, comma-separated
     # how models are retrained on the distilled sets: native | beard (pipeline/protocol.py)
     protocol: str = DEFAULT_PROTOCOL
+    # distill every method with this method's budget for the hyperparameters both declare
+    # (an equal-budget comparison); the cells are labelled "<method>@<budget_of>-budget"
+    budget_of: str | None = None
 
 
 @dataclass
@@ -242,6 +245,12 @@ def plan_run(config: RunConfig, *, require_data: bool = True) -> Plan:
             cells.extend(Cell(name, ipc, {**resolve_budget(budgets, preset.name, ipc,
                                                             dataset.name), **params}, label)
                          for ipc in ipcs)
+    if config.budget_of:
+        borrowed = [borrow_budget(c, config.budget_of, preset.name, dataset.name) for c in cells]
+        if all(b is c for b, c in zip(borrowed, cells)):
+            raise PlanError(f"--budget-of {config.budget_of} changes no method of the run (none "
+                            "declares its hyperparameters, or all have its values already)")
+        cells = borrowed
     attack_specs = attacks_mod.parse_attacks(config.attacks)
     modes = attacks_mod.parse_modes(config.modes)
     threats = attacks_mod.parse_threat_models(config.threat_models)
@@ -258,6 +267,33 @@ def plan_run(config: RunConfig, *, require_data: bool = True) -> Plan:
     jobs = resolve_jobs(config.jobs, device, len(cells))
     return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
                 device, out, run_id, jobs, settings, code_versions_for(cells))
+
+
+def borrow_budget(cell: Cell, source: str, preset: str, dataset: str) -> Cell:
+    """``cell`` distilled with method ``source``'s budget for every hyperparameter both methods
+    declare (iterations, real batch, queue settings, ...); its own other hyperparameters stay.
+
+    The cell is relabelled ``<method>@<source>-budget`` so its records never pool with the
+    method's own-budget records. Cells without a budget (``file:``, ``full``), cells whose
+    method shares no hyperparameter with ``source`` (``random``) or has its values already, and
+    the source's own cells are returned as they are.
+
+    >>> c = borrow_budget(Cell("rome", 10, {"iterations": 100, "alpha": 0.2}), "idm", "cpu",
+    ...                   "cifar10")
+    >>> c.label, c.params["iterations"], c.params["alpha"]
+    ('rome@idm-budget', 240, 0.2)
+    """
+    src = METHODS.entry(source)
+    if cell.method in ("file",) or cell.ipc <= 0 or src.name == cell.method:
+        return cell
+    if not src.meta.get("budgets"):
+        raise PlanError(f"--budget-of {src.name}: that method declares no budget to borrow")
+    borrowed = resolve_budget(src.meta["budgets"], preset, cell.ipc, dataset)
+    shared = {k: v for k, v in borrowed.items() if k in cell.params}
+    if all(cell.params[k] == v for k, v in shared.items()):
+        return cell  # nothing shared, or the same budget already (BACON's is IDM's)
+    label = f"{cell.label or cell.method}@{src.name}-budget"
+    return Cell(cell.method, cell.ipc, {**cell.params, **shared}, label)
 
 
 def code_versions_for(cells: list[Cell]) -> dict[str, str]:

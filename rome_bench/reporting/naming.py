@@ -30,6 +30,11 @@ def _method_entry(name: str) -> Entry | None:
 
 
 def display_method(name: str) -> str:
+    """The table name of ``name``; ``rome@idm-budget`` (``run --budget-of``) reads
+    "ROME (idm budget)"."""
+    base, sep, tag = name.partition("@")
+    if sep and base:
+        return f"{display_method(base)} ({tag.replace('-', ' ')})"
     entry = _method_entry(name)
     return entry.meta.get("display") or name if entry is not None else name
 
@@ -39,8 +44,9 @@ def display_dataset(name: str) -> str:
 
 
 def method_order(name: str) -> tuple[int, str]:
-    """Sort key of a method's row: its declared order, then its name."""
-    entry = _method_entry(name)
+    """Sort key of a method's row: its declared order, then its name (a ``--budget-of`` row
+    right after its method's)."""
+    entry = _method_entry(name.partition("@")[0] or name)
     order = entry.meta.get("order", DEFAULT_ROW_ORDER) if entry is not None else DEFAULT_ROW_ORDER
     return (order, normalize_name(name))
 
