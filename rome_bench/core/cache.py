@@ -134,7 +134,12 @@ def report_corrupt(path: Path, what: str, exc: BaseException, seen: os.stat_resu
     """Set a corrupt cache entry aside and say so in one warning line that names it; returns
     where it went (None if another process moved or replaced it first, or it cannot move)."""
     text = str(exc).strip()
-    reason = text.splitlines()[0][:200] if text else type(exc).__name__
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    reason = reason.rpartition(f"{path}: ")[2]  # the warning names the file once, up front
+    if not isinstance(exc, RomeBenchError) and text:
+        reason = f"{type(exc).__name__}: {reason}"
+    if len(reason) > 120:  # torch's zip reader explains itself at length
+        reason = reason.split(". ")[0][:200]
     aside = None
     try:
         aside = set_aside(path, seen)

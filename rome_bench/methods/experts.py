@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -199,7 +200,7 @@ def get_whitening(train: ImageSet, spec: DatasetSpec, cache: Cache | None = None
     key = content_key(stage="zca", data=fingerprint or data_fingerprint(train), eps=eps,
                       mean=spec.mean, std=spec.std, code=code_version(zca_mod))
     path = cache.path("zca", key, ".pt")
-    dim = spec.channels * spec.image_size * spec.image_size
+    dim = spec.channels * math.prod(_pair(spec.image_size))
 
     def load(p: Path) -> LinearTransform:
         obj = load_tensor_file(p, "cached ZCA whitening")
@@ -216,6 +217,10 @@ def get_whitening(train: ImageSet, spec: DatasetSpec, cache: Cache | None = None
     transform = zca_mod.fit_zca(train.images, eps, mean=spec.mean, std=spec.std)
     atomic_torch_save({"matrix": transform.matrix, "mean": transform.offset}, path)
     return transform
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 @torch.no_grad()
