@@ -264,16 +264,33 @@ def hold_folder(folder: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
+def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
 
     Parallel workers that need the same expensive artefact (e.g. MTT's and DATM's shared expert
     buffer) take the lock: the first builds it, the others wait and then find it in the cache.
+    ``on_wait`` is called once when another process holds the lock, before waiting for it. In a
+    read-only place no lock can be taken, and none is needed (nothing can be written there):
+    the block runs unlocked.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+b")  # closed by the with below
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise storage_error(exc, path) from exc
+        f = None
+    if f is None:
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -8,7 +8,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from rome_bench.core.cache import (
 from rome_bench.core.catalog import METHODS
 from rome_bench.core.records import Record, RecordStore, pack_outcomes, unpack_outcomes, versions
 from rome_bench.core.registry import RomeBenchError
-from rome_bench.core.storage import atomic_torch_save, atomic_write_json, load_tensor_file
+from rome_bench.core.storage import atomic_torch_save, atomic_write_json, file_lock, load_tensor_file
 from rome_bench.core.version import __version__
 from rome_bench.data.augment import DSA
 from rome_bench.data.datasets import (
@@ -143,6 +143,27 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
         result.save(path)
         ckpt_path.unlink(missing_ok=True)
     return result, key
+
+
+@contextlib.contextmanager
+def distill_lock(cell: Cell, plan: Plan, cache: Cache, log: Callable[[str], None]
+                 ) -> Iterator[None]:
+    """Hold the cache's lock on ``cell``'s distillation unless its set is already cached.
+
+    Two runs sharing a cache (or two workers) that reach the same cell would otherwise distill
+    it twice side by side, each resuming from checkpoints the other is still writing; with the
+    lock the second waits and then finds the set in the cache.
+    """
+    key = distill_key(cell, plan)
+    if METHODS.entry(cell.method).meta.get("ipc_independent") or (
+            cache.distilled(key).exists() and not plan.config.fresh):
+        yield
+        return
+    label = cell.label or cell.method
+    with file_lock(cache.root / "locks" / f"distill-{key}.lock",
+                   on_wait=lambda: log(f"  {label} IPC {cell.ipc}: another process is distilling "
+                                       "this set; waiting for it")):
+        yield
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, Any], int]:
@@ -359,7 +380,8 @@ def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cac
     """
     seconds = {"distill": 0.0, "retrain": 0.0, "attacks": 0.0}
     start = time.perf_counter()
-    distilled, dkey = distill(cell, train, plan, cache, log)
+    with distill_lock(cell, plan, cache, log):
+        distilled, dkey = distill(cell, train, plan, cache, log)
     seconds["distill"] = time.perf_counter() - start
     ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
     records: list[Record] = []
