@@ -130,7 +130,7 @@ def remove_orphaned_temporaries(folder: str | Path) -> list[Path]:
             try:
                 tmp.unlink()
                 removed.append(tmp)
-            except FileNotFoundError:
+            except OSError:  # gone already, or a read-only place: nothing to clean there
                 pass
     return removed
 

@@ -23,7 +23,7 @@ from rome_bench.core.cache import Cache, content_key
 from rome_bench.core.catalog import METHODS
 from rome_bench.core.records import Record, RecordStore, versions
 from rome_bench.core.registry import RomeBenchError
-from rome_bench.core.storage import hold_folder, remove_orphaned_temporaries
+from rome_bench.core.storage import StorageError, hold_folder, remove_orphaned_temporaries
 from rome_bench.core.version import __version__
 from rome_bench.data.datasets import (
     DATASETS,
@@ -138,6 +138,8 @@ def _write_figures(records: list[Record], plan: Plan, distilled: dict[str, Disti
     """The figures the records support, next to them (a plotting failure never loses records)."""
     try:
         figures.write_figures(records, plan.out, distilled=image_grids(distilled), echo=echo)
+    except StorageError:
+        raise  # a full disk or a read-only folder is the user's to know, not a plotting glitch
     except Exception as exc:  # noqa: BLE001 - the records and tables are already written
         warn(f"rome-bench: figures not written: {type(exc).__name__}: {exc}")
 
