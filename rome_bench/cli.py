@@ -6,6 +6,7 @@ Every error a user can cause ends as one line on stderr and a non-zero exit stat
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -22,6 +23,19 @@ def _fail(message: str, code: int = EXIT_ERROR) -> None:
     sys.exit(code)
 
 
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: the path it concerns first, then the reason and errno name.
+
+    >>> os_error_message(OSError(30, "Read-only file system", "/out/records.jsonl"))
+    '/out/records.jsonl: read-only file system (EROFS)'
+    """
+    reason = (exc.strerror or str(exc) or type(exc).__name__).strip().splitlines()[0]
+    reason = reason[:1].lower() + reason[1:]
+    code = errno.errorcode.get(exc.errno or 0)
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{reason}" + (f" ({code})" if code else "")
+
+
 class SafeGroup(click.Group):
     """Turns every exception into one line on stderr (no traceback) and a non-zero exit."""
 
@@ -32,7 +46,11 @@ class SafeGroup(click.Group):
             raise
         except KeyboardInterrupt:
             _fail("interrupted; finished work is cached, rerun the same command to resume", 130)
-        except (RomeBenchError, NotImplementedError, ValueError, OSError) as exc:
+        except OSError as exc:  # a full disk, a read-only place... that no layer below named
+            if os.environ.get("ROME_BENCH_DEBUG"):
+                raise
+            _fail(os_error_message(exc))
+        except (RomeBenchError, NotImplementedError, ValueError) as exc:
             if os.environ.get("ROME_BENCH_DEBUG"):
                 raise
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

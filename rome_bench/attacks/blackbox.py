@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 
 from rome_bench.attacks.suite import AttackSpec, attack_view, build_attack
 from rome_bench.attacks.timing import count_correct, timed_batches
-from rome_bench.core.cache import Cache, code_version, content_key
+from rome_bench.core.cache import Cache, CorruptEntry, code_version, content_key, read_cached, read_json_file
 from rome_bench.core.catalog import ATTACKS
 from rome_bench.core.records import SETTINGS
 from rome_bench.core.registry import RomeBenchError, normalize_name
-from rome_bench.core.storage import atomic_write_json, read_json
+from rome_bench.core.storage import atomic_write_json
 from rome_bench.core.version import __version__
 from rome_bench.models.convnet import Classifier, Normalize
 
@@ -194,6 +194,22 @@ class TransferResult:
     n_images: int
 
 
+def checked_transfer(m: Any, n_images: int) -> dict[str, Any]:
+    """``m`` if it is a whole cached transfer measurement on ``n_images`` images;
+    :class:`CorruptEntry` otherwise (a wrong number must never reach the records)."""
+    if not isinstance(m, dict):
+        raise CorruptEntry(f"expected a JSON object, got {type(m).__name__}")
+    for name in ("accuracy", "seconds", "craft_seconds", "n_images"):
+        value = m.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            raise CorruptEntry(f"'{name}' is missing or not a number")
+    if m["n_images"] != n_images:
+        raise CorruptEntry(f"measured on {m['n_images']} images, expected {n_images}")
+    if not 0 <= m["accuracy"] <= 100 or m["seconds"] < 0 or m["craft_seconds"] < 0:
+        raise CorruptEntry("accuracy or timings out of range")
+    return m
+
+
 def transfer_study(models: list[TransferModel], images: torch.Tensor, labels: torch.Tensor,
                    attacks: list[AttackSpec], modes: list[str], threat_models: list[str], *,
                    num_classes: int = 10, batch_size: int = 500,
@@ -243,7 +259,9 @@ def transfer_study(models: list[TransferModel], images: torch.Tensor, labels: to
                 continue
             paths[victim.name] = cache.measurement(content_key(stage="transfer", craft=craft_key,
                                                                victim=victim.key))
-            hit = None if fresh else read_json(paths[victim.name])
+            hit = None if fresh else read_cached(
+                paths[victim.name], lambda p: checked_transfer(read_json_file(p), len(labels)),
+                "transfer measurement")
             if hit is not None:
                 found[victim.name] = hit
         crafted = None

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -53,7 +54,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from rome_bench.core.cache import Cache, code_version, content_key
+from rome_bench.core.cache import Cache, CorruptEntry, code_version, content_key, read_cached
 from rome_bench.core.storage import atomic_torch_save, atomic_write_json, file_lock, load_tensor_file
 from rome_bench.data.augment import DSA
 from rome_bench.data.datasets import DATASETS, DatasetSpec, ImageSet, class_balanced_indices, load_dataset
@@ -199,12 +200,27 @@ def get_whitening(train: ImageSet, spec: DatasetSpec, cache: Cache | None = None
     key = content_key(stage="zca", data=fingerprint or data_fingerprint(train), eps=eps,
                       mean=spec.mean, std=spec.std, code=code_version(zca_mod))
     path = cache.path("zca", key, ".pt")
-    if path.exists():
-        obj = load_tensor_file(path, "cached ZCA whitening")
-        return LinearTransform(obj["matrix"], obj["mean"])
+    dim = spec.channels * math.prod(_pair(spec.image_size))
+
+    def load(p: Path) -> LinearTransform:
+        obj = load_tensor_file(p, "cached ZCA whitening")
+        matrix, mean = (obj.get("matrix"), obj.get("mean")) if isinstance(obj, dict) else (None, None)
+        if not (isinstance(matrix, torch.Tensor) and isinstance(mean, torch.Tensor)
+                and matrix.shape == (dim, dim) and mean.numel() == dim
+                and torch.isfinite(matrix).all() and torch.isfinite(mean).all()):
+            raise CorruptEntry(f"not a finite {dim}x{dim} whitening with its mean")
+        return LinearTransform(matrix, mean)
+
+    cached = read_cached(path, load, "ZCA whitening")
+    if cached is not None:
+        return cached
     transform = zca_mod.fit_zca(train.images, eps, mean=spec.mean, std=spec.std)
     atomic_torch_save({"matrix": transform.matrix, "mean": transform.offset}, path)
     return transform
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 @torch.no_grad()
@@ -328,11 +344,18 @@ def get_experts(train: ImageSet, settings: ExpertSettings, *, device: str | torc
     fingerprint = data_fingerprint(train)
     folder = buffer_folder(settings, fingerprint, cache)
     paths = [folder / f"expert_{i:03d}.pt" for i in range(settings.num_experts)]
-    if any(not p.exists() for p in paths):
+    with torch.random.fork_rng(devices=[]):  # only its size counts: leave the caller's RNG alone
+        size = sum(p.numel() for p in build_expert_net(settings, spec).parameters())
+    shape = (settings.epochs + 1, size)
+    # a corrupt expert is set aside by read_cached (one warning line) and trained again
+    found = [read_cached(p, lambda q: _load_trajectory(q, shape), "expert trajectory")
+             for p in paths]
+    if any(t is None for t in found):
         with file_lock(folder / ".lock"):  # another worker may be training the same buffer
             _train_missing(train, settings, paths, folder, fingerprint, spec, cache, whitening,
                            device, show_progress)
-    return [_load_trajectory(p) for p in paths]
+        found = [t if t is not None else _load_trajectory(p, shape) for t, p in zip(found, paths)]
+    return found
 
 
 def _train_missing(train: ImageSet, settings: ExpertSettings, paths: list[Path], folder: Path,
@@ -366,12 +389,20 @@ def _train_missing(train: ImageSet, settings: ExpertSettings, paths: list[Path],
                                    "expert": i, "key": folder.name}, paths[i])
 
 
-def _load_trajectory(path: Path) -> torch.Tensor:
+def _load_trajectory(path: Path, shape: tuple[int, int]) -> torch.Tensor:
+    """The ``(epochs + 1, P)`` float32 trajectory in ``path`` (memory-mapped, so not scanned
+    for NaN: a paper buffer holds gigabytes); :class:`CorruptEntry` if it has another shape."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # fall back to the checked loader for a clear error message
         obj = load_tensor_file(path, "expert trajectory")
-    return obj["trajectory"]
+    trajectory = obj.get("trajectory") if isinstance(obj, dict) else None
+    if not isinstance(trajectory, torch.Tensor):
+        raise CorruptEntry(f"{path}: no 'trajectory' tensor")
+    if tuple(trajectory.shape) != shape or trajectory.dtype != torch.float32:
+        raise CorruptEntry(f"{path}: trajectory of shape {tuple(trajectory.shape)} "
+                           f"{trajectory.dtype}, expected {shape} float32")
+    return trajectory
 
 
 def generate_experts(dataset_name: str, data_root: str | Path | None = None,

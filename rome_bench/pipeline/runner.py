@@ -23,7 +23,7 @@ from rome_bench.core.cache import Cache, content_key
 from rome_bench.core.catalog import METHODS
 from rome_bench.core.records import Record, RecordStore, versions
 from rome_bench.core.registry import RomeBenchError
-from rome_bench.core.storage import remove_orphaned_temporaries
+from rome_bench.core.storage import StorageError, hold_folder, remove_orphaned_temporaries
 from rome_bench.core.version import __version__
 from rome_bench.data.datasets import (
     DATASETS,
@@ -51,10 +51,17 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
     """Run the benchmark; returns the plan and all records (also written to ``plan.out``).
 
     Records are appended after every model (after every cell with several workers); the tables
-    (markdown, CSV, LaTeX) are written to ``plan.out`` at the end.
+    (markdown, CSV, LaTeX) are written to ``plan.out`` at the end. The run holds ``plan.out``
+    for its whole length: a second run given the same folder stops with a one-line error
+    (:func:`~rome_bench.core.storage.hold_folder`).
     """
     plan = plan_run(config)
     echo(plan.describe())
+    with hold_folder(plan.out):
+        return plan, _run_held(plan, config, echo)
+
+
+def _run_held(plan: Plan, config: RunConfig, echo: Callable[[str], None]) -> list[Record]:
     prepare_device(plan.device)
     remove_orphans(plan)
     store = RecordStore(plan.out / "records.jsonl")
@@ -78,7 +85,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
         all_records.extend(_transfer_after_cells(plan, train, test, store, echo))
         write_tables(all_records, plan.out)
         _write_figures(all_records, plan, _distilled_sets(plan, train, echo), echo)
-    return plan, all_records
+    return all_records
 
 
 def _cell_models(plan: Plan, train: ImageSet, echo: Callable[[str], None], with_models: bool):
@@ -131,6 +138,8 @@ def _write_figures(records: list[Record], plan: Plan, distilled: dict[str, Disti
     """The figures the records support, next to them (a plotting failure never loses records)."""
     try:
         figures.write_figures(records, plan.out, distilled=image_grids(distilled), echo=echo)
+    except StorageError:
+        raise  # a full disk or a read-only folder is the user's to know, not a plotting glitch
     except Exception as exc:  # noqa: BLE001 - the records and tables are already written
         warn(f"rome-bench: figures not written: {type(exc).__name__}: {exc}")
 
@@ -226,6 +235,12 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
          f"({plan.test_subset or 'all'} test images), preset {plan.preset.name}, threat "
          f"{', '.join(plan.threat_models)}, settings {', '.join(plan.settings)}, output {plan.out}")
     test = load_test_set(plan)
+    with hold_folder(plan.out):
+        return plan, _evaluate_held(plan, cache, models, test, ipc, echo)
+
+
+def _evaluate_held(plan: Plan, cache: Cache, models: list, test: ImageSet, ipc: int | None,
+                   echo: Callable[[str], None]) -> list[Record]:
     prepare_device(plan.device)
     remove_orphans(plan)
     store = RecordStore(plan.out / "records.jsonl")
@@ -245,7 +260,7 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
     if records:
         write_tables(records, plan.out)
         _write_figures(records, plan, {}, echo)
-    return plan, records
+    return records
 
 
 def evaluate_distilled(config: RunConfig, paths: list[str], echo: Callable[[str], None] = print

@@ -4,10 +4,14 @@ resumes where it stopped."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,11 +20,18 @@ from tqdm.auto import tqdm
 from rome_bench.attacks import blackbox
 from rome_bench.attacks import suite as attacks_mod
 from rome_bench.attacks.suite import AttackSpec, clean_accuracy, run_attack
-from rome_bench.core.cache import Cache, content_key
+from rome_bench.core.cache import (
+    Cache,
+    CorruptEntry,
+    content_key,
+    read_cached,
+    read_json_file,
+    report_corrupt,
+)
 from rome_bench.core.catalog import METHODS
 from rome_bench.core.records import Record, RecordStore, pack_outcomes, unpack_outcomes, versions
 from rome_bench.core.registry import RomeBenchError
-from rome_bench.core.storage import atomic_torch_save, atomic_write_json, load_tensor_file, read_json
+from rome_bench.core.storage import atomic_torch_save, atomic_write_json, file_lock, load_tensor_file
 from rome_bench.core.version import __version__
 from rome_bench.data.augment import DSA
 from rome_bench.data.datasets import (
@@ -54,21 +65,33 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
     key = distill_key(cell, plan)
     path = cache.distilled(key)
     cacheable = not entry.meta.get("ipc_independent")
-    if cacheable and path.exists() and not plan.config.fresh:
-        return DistilledSet.load(path), key
+    if cacheable and not plan.config.fresh:
+        def load_set(p: Path) -> DistilledSet:
+            found = DistilledSet.load(p)
+            found.validate(plan.dataset.num_classes, plan.dataset.channels, str(p))
+            return found
+
+        cached = read_cached(path, load_set, "distilled set")
+        if cached is not None:
+            return cached, key
     if ipc > 0:
         for c in range(train.num_classes):
             have = int((train.labels == c).sum())
             if have < ipc:
                 raise DataError(f"IPC {ipc} is larger than class {c}'s {have} training images")
     ckpt_path = cache.checkpoint(key)
-    if plan.config.fresh and ckpt_path.exists():
-        ckpt_path.unlink()
+    if plan.config.fresh:
+        # missing_ok: another process on the same cache may finish this cell at the same time
+        ckpt_path.unlink(missing_ok=True)
 
     started = time.perf_counter()
     total = cell.params.get("iterations")
+    # the stat of the checkpoint this attempt resumed from, until the method saves a new one: a
+    # method that fails in between was most likely fed a checkpoint that loads but is malformed
+    resumed_from: list[os.stat_result | None] = []
 
     def save_checkpoint(state: dict[str, Any], iteration: int) -> None:
+        resumed_from.clear()
         atomic_torch_save({"state": state, "iteration": iteration}, ckpt_path)
         if plan.config.progress_lines:
             of = f"/{total}" if total else ""
@@ -76,17 +99,32 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
                 f"after {time.perf_counter() - started:.0f} s")
 
     def resume() -> tuple[dict[str, Any], int] | None:
-        if not ckpt_path.exists():
+        seen = None
+        with contextlib.suppress(FileNotFoundError):
+            seen = os.stat(ckpt_path)
+        found = read_cached(ckpt_path, load_checkpoint, "distillation checkpoint")
+        if found is None:
             return None
-        obj = load_tensor_file(ckpt_path, "distillation checkpoint")
-        log(f"  resuming {cell.method} IPC {ipc} from iteration {obj['iteration']}")
-        return obj["state"], int(obj["iteration"])
+        resumed_from[:] = [seen]
+        log(f"  resuming {cell.method} IPC {ipc} from iteration {found[1]}")
+        return found
 
-    cfg = MethodConfig(seed=plan.config.seed, preset=plan.preset.name, dataset=plan.dataset,
-                       params=dict(cell.params), device=plan.device,
-                       show_progress=plan.config.show_progress, checkpoint=save_checkpoint,
-                       resume=resume)
-    result = entry.obj(train, max(ipc, 0), cfg)
+    def attempt() -> Any:
+        cfg = MethodConfig(seed=plan.config.seed, preset=plan.preset.name, dataset=plan.dataset,
+                           params=dict(cell.params), device=plan.device,
+                           show_progress=plan.config.show_progress, checkpoint=save_checkpoint,
+                           resume=resume)
+        return entry.obj(train, max(ipc, 0), cfg)
+
+    try:
+        result = attempt()
+    except Exception as exc:
+        if not resumed_from:
+            raise
+        # set aside, so the second attempt starts from scratch (and a third never meets it)
+        report_corrupt(ckpt_path, "distillation checkpoint", exc, resumed_from[0])
+        resumed_from.clear()
+        result = attempt()
     if not isinstance(result, DistilledSet):
         raise RomeBenchError(f"method '{cell.method}' returned {type(result).__name__}, "
                              "not a DistilledSet")
@@ -103,9 +141,38 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
                    "created": datetime.now().isoformat(timespec="seconds")}
     if cacheable:
         result.save(path)
-        if ckpt_path.exists():
-            ckpt_path.unlink()
+        ckpt_path.unlink(missing_ok=True)
     return result, key
+
+
+@contextlib.contextmanager
+def distill_lock(cell: Cell, plan: Plan, cache: Cache, log: Callable[[str], None]
+                 ) -> Iterator[None]:
+    """Hold the cache's lock on ``cell``'s distillation unless its set is already cached.
+
+    Two runs sharing a cache (or two workers) that reach the same cell would otherwise distill
+    it twice side by side, each resuming from checkpoints the other is still writing; with the
+    lock the second waits and then finds the set in the cache.
+    """
+    key = distill_key(cell, plan)
+    if METHODS.entry(cell.method).meta.get("ipc_independent") or (
+            cache.distilled(key).exists() and not plan.config.fresh):
+        yield
+        return
+    label = cell.label or cell.method
+    with file_lock(cache.root / "locks" / f"distill-{key}.lock",
+                   on_wait=lambda: log(f"  {label} IPC {cell.ipc}: another process is distilling "
+                                       "this set; waiting for it")):
+        yield
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Any], int]:
+    """A distillation checkpoint's method state and iteration (CorruptEntry if malformed)."""
+    obj = load_tensor_file(path, "distillation checkpoint")
+    if not (isinstance(obj, dict) and isinstance(obj.get("state"), dict)
+            and isinstance(obj.get("iteration"), int) and obj["iteration"] >= 0):
+        raise CorruptEntry("not a {'state': dict, 'iteration': int} checkpoint")
+    return obj["state"], obj["iteration"]
 
 
 def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, plan: Plan,
@@ -145,10 +212,19 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
                            channels=plan.dataset.channels, image_size=plan.dataset.image_size,
                            mean=plan.dataset.mean, std=plan.dataset.std, whitening=whitening)
 
+    if not plan.config.fresh:
+        def load_model(p: Path) -> Classifier:
+            cached = fresh_model()  # strict: a missing, extra or misshapen tensor is corrupt
+            cached.load_state_dict(load_tensor_file(p, "cached model"))
+            if not all(torch.isfinite(t).all() for t in cached.state_dict().values()
+                       if t.is_floating_point()):
+                raise CorruptEntry("weights contain NaN or inf")
+            return cached
+
+        cached_model = read_cached(path, load_model, "trained model")
+        if cached_model is not None:
+            return cached_model.eval(), key
     model = fresh_model()
-    if path.exists() and not plan.config.fresh:
-        model.load_state_dict(load_tensor_file(path, "cached model"))
-        return model.eval(), key
     dsa = DSA(plan.dataset.mean, plan.dataset.std) if settings.augment else None
     label = cell.label or cell.method
     ipc_txt = "full" if cell.ipc == 0 else f"ipc{budget_ipc}"
@@ -180,8 +256,11 @@ def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpe
                       data_root=str(plan.config.data_root or ""), seed=plan.config.seed,
                       code=plan.code_of("attacks", attacks_mod), version=__version__)
     path = cache.measurement(key)
-    cached = None if plan.config.fresh else read_json(path)
-    if cached is not None and "outcomes" in cached:
+    name = attack.name if attack is not None else "clean"
+    n = len(test.labels)
+    cached = None if plan.config.fresh else read_cached(
+        path, lambda p: checked_measurement(read_json_file(p), name, mode, n), "measurement")
+    if cached is not None:
         return cached
     batch_size = plan.preset.attacks.batch_size_on(plan.device)
     if attack is None:
@@ -200,6 +279,39 @@ def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpe
            "n_attacked": res.n_attacked, "outcomes": pack_outcomes(res.outcomes.numpy())}
     atomic_write_json(path, out)
     return out
+
+
+MEASUREMENT_FIELDS = {"attack": str, "mode": str, "accuracy": (int, float),
+                      "seconds": (int, float), "n_images": int, "eps": (int, float, type(None)),
+                      "n_attacked": (int, type(None)), "outcomes": str}
+
+
+def checked_measurement(m: Any, attack: str, mode: str, n_images: int) -> dict[str, Any]:
+    """``m`` if it is a whole measurement of ``attack``/``mode`` on ``n_images`` images whose
+    accuracy agrees with its per-image outcomes; :class:`CorruptEntry` otherwise.
+
+    A cached measurement that parses but lacks a field or disagrees with itself would become a
+    silently wrong number in the records, so it counts as corrupt.
+    """
+    if not isinstance(m, dict):
+        raise CorruptEntry(f"expected a JSON object, got {type(m).__name__}")
+    for name, kind in MEASUREMENT_FIELDS.items():
+        if name not in m:
+            raise CorruptEntry(f"lacks '{name}'")
+        if not isinstance(m[name], kind) or isinstance(m[name], bool):
+            raise CorruptEntry(f"'{name}' has the wrong type ({type(m[name]).__name__})")
+    if (m["attack"], m["mode"], m["n_images"]) != (attack, mode, n_images):
+        raise CorruptEntry(f"holds {m['attack']}/{m['mode']} on {m['n_images']} images, expected "
+                           f"{attack}/{mode} on {n_images}")
+    survived = unpack_outcomes(m["outcomes"], n_images)  # RecordError on a bad length or digit
+    if not (math.isfinite(m["seconds"]) and m["seconds"] >= 0):
+        raise CorruptEntry(f"'seconds' is {m['seconds']}")
+    if not math.isclose(m["accuracy"], 100.0 * survived.sum() / n_images, abs_tol=1e-9):
+        raise CorruptEntry(f"accuracy {m['accuracy']} disagrees with its outcomes "
+                           f"({int(survived.sum())}/{n_images} images)")
+    if m["n_attacked"] is not None and not 0 <= m["n_attacked"] <= n_images:
+        raise CorruptEntry(f"'n_attacked' is {m['n_attacked']} for {n_images} images")
+    return m
 
 
 def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan, cache: Cache, *,
@@ -268,7 +380,8 @@ def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cac
     """
     seconds = {"distill": 0.0, "retrain": 0.0, "attacks": 0.0}
     start = time.perf_counter()
-    distilled, dkey = distill(cell, train, plan, cache, log)
+    with distill_lock(cell, plan, cache, log):
+        distilled, dkey = distill(cell, train, plan, cache, log)
     seconds["distill"] = time.perf_counter() - start
     ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
     records: list[Record] = []
