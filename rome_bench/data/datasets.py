@@ -239,6 +239,23 @@ def _read_cifar_pickle(path: Path) -> dict:
         raise DataError(f"cannot read CIFAR batch file {path}: {exc}") from exc
 
 
+def _batch_arrays(batch: object, label_key: str, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The NHWC images and the labels of one official batch (a dict; checked, not assumed)."""
+    if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
+        raise DataError(f"{where}: not a CIFAR batch (needs 'data' and '{label_key}')")
+    try:
+        labels = np.asarray(batch[label_key])
+    except ValueError as exc:  # ragged lists
+        raise DataError(f"{where}: '{label_key}' is not a list of labels") from exc
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: '{label_key}' must be a list of integer labels, got "
+                        f"{labels.dtype} of shape {labels.shape}")
+    images = _rows_to_nhwc(batch["data"], where)
+    if len(images) != len(labels):  # per batch, for the reason given in _read_npz_shards
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
 def _rows_to_nhwc(data: np.ndarray, where: Path) -> np.ndarray:
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[1] != 3072:
@@ -291,10 +308,9 @@ def _load_cifar10(root: Path | None, split: str, download: bool) -> tuple[np.nda
         folder = _find_folder(root, "cifar-10-batches-py")
     if folder is not None:
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        batches = [_read_cifar_pickle(folder / n) for n in names]
-        x = np.concatenate([_rows_to_nhwc(b["data"], folder) for b in batches])
-        y = np.concatenate([np.asarray(b["labels"]) for b in batches])
-        return x, y
+        arrays = [_batch_arrays(_read_cifar_pickle(folder / n), "labels", folder / n)
+                  for n in names]
+        return np.concatenate([x for x, _ in arrays]), np.concatenate([y for _, y in arrays])
     if any(root.glob("*.npz")):
         return _read_npz_shards(root, split)
     raise DataError(f"--data-root {root} holds neither 'cifar-10-batches-py' nor npz shards "
@@ -312,10 +328,7 @@ def _load_cifar100(root: Path | None, split: str, download: bool) -> tuple[np.nd
     if not (folder / split).is_file():
         raise DataError(f"--data-root {root} holds no 'cifar-100-python/{split}' file "
                         "(pass --download to fetch the official release)")
-    batch = _read_cifar_pickle(folder / split)
-    if "fine_labels" not in batch or "data" not in batch:
-        raise DataError(f"{folder / split}: not a CIFAR-100 batch (needs 'data' and 'fine_labels')")
-    return _rows_to_nhwc(batch["data"], folder / split), np.asarray(batch["fine_labels"])
+    return _batch_arrays(_read_cifar_pickle(folder / split), "fine_labels", folder / split)
 
 
 def mini_asset_path() -> Path:
