@@ -4,8 +4,8 @@ The fuzz tests must be deterministic in CI and fast on a loaded 2-core machine:
 
 * ``derandomize=True`` makes Hypothesis derive its examples from each test's name, so every
   run tries the same inputs and a failure reproduces;
-* ``database=None`` keeps Hypothesis from writing ``.hypothesis/`` into the checkout (the suite
-  must pass on a read-only one);
+* ``database=None``, and Hypothesis' other caches sent to a temporary folder, keep it from
+  writing ``.hypothesis/`` into the checkout (the suite must pass on a read-only one);
 * ``deadline=None``: tests never fail on wall time; a loader that *hangs* is caught instead by
   :func:`no_hang`, whose limit is two orders of magnitude above the slowest example;
 * a bounded ``max_examples`` per test (set with ``fuzz_settings(n)``).
@@ -13,11 +13,20 @@ The fuzz tests must be deterministic in CI and fast on a loaded 2-core machine:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis caches constants it finds in the code under .hypothesis/ in the working directory
+_HOME = tempfile.mkdtemp(prefix="rome-bench-hypothesis-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+set_hypothesis_home_dir(_HOME)
 
 # examples per test: small loaders take a few ms per example, torch.load a few tens
 DEFAULT_EXAMPLES = 40
