@@ -120,11 +120,56 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
+        """A record from its JSON object, every field checked against its declared type (a
+        records file may come from anywhere; a wrong type would otherwise surface later as a
+        crash, or a wrong number, in a table)."""
+        if not isinstance(d, dict):
+            raise RecordError(f"expected a JSON object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
-        missing = [n for n in names if n not in d and n not in OPTIONAL_FIELDS]
+        missing = sorted(n for n in names if n not in d and n not in OPTIONAL_FIELDS)
         if missing:
             raise RecordError(f"record lacks fields {missing}")
-        return cls(**{k: v for k, v in d.items() if k in names})
+        record = cls(**{k: _checked(k, v) for k, v in d.items() if k in names})
+        _check_values(record)
+        return record
+
+
+def _checked(name: str, value: Any) -> Any:
+    """``value`` of field ``name`` if it has the field's type (ints accepted for floats)."""
+    kind = _FIELD_TYPES.get(name, "")
+    if value is None and kind.endswith("| None"):
+        return value
+    base = kind.removesuffix(" | None")
+    if base == "str" and isinstance(value, str):
+        return value
+    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if (base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)):
+        return float(value)
+    if base.startswith("dict") and isinstance(value, dict):
+        return value
+    if base not in ("str", "int", "float") and not base.startswith("dict"):
+        return value  # a field of another type is not checked here
+    raise RecordError(f"field '{name}' must be {kind.replace('| None', 'or null')}, "
+                      f"got {json.dumps(value)[:40]}")
+
+
+def _check_values(r: Record) -> None:
+    if r.mode not in MODES:
+        raise RecordError(f"mode '{r.mode}' is not one of {', '.join(MODES)}")
+    if r.setting not in SETTINGS:
+        raise RecordError(f"setting '{r.setting}' is not one of {', '.join(SETTINGS)}")
+    if not 0 <= r.accuracy <= 100:
+        raise RecordError(f"accuracy {r.accuracy} is not a percentage")
+    for name in ("seconds", "ipc", "n_images", "n_attacked", "eps"):
+        value = getattr(r, name)
+        if value is not None and value < 0:
+            raise RecordError(f"field '{name}' is negative ({value})")
+    r.outcome_mask()  # raises RecordError unless ``outcomes`` describes n_images images
+
+
+_FIELD_TYPES = {f.name: str(f.type) for f in fields(Record)}
 
 
 class RecordStore:
@@ -150,7 +195,7 @@ def read_records(paths: list[str | Path]) -> list[Record]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(p.rglob("*.jsonl")))
+            files.extend(sorted(f for f in p.rglob("*.jsonl") if f.is_file()))
         elif p.is_file():
             files.append(p)
         else:
@@ -158,12 +203,17 @@ def read_records(paths: list[str | Path]) -> list[Record]:
     per_file: list[list[Record]] = []
     for f in files:
         rows_here: list[Record] = []
-        for lineno, line in enumerate(f.read_text().splitlines(), 1):
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecordError(f"{f}: not a records file (not UTF-8 text: {exc.reason} at byte "
+                              f"{exc.start})") from exc
+        for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 rows_here.append(Record.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError, RecordError) as exc:
+            except (ValueError, TypeError, RecursionError, RecordError) as exc:
                 raise RecordError(f"{f}:{lineno}: not a rome-bench record ({exc})") from exc
         per_file.append(rows_here)
     rows = _drop_repeated_measurements(per_file)

@@ -101,12 +101,13 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 def validate_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int | None,
                     channels: int | None, where: str, soft_labels_ok: bool = False,
-                    unit_range: bool = True) -> None:
+                    unit_range: bool = True, image_size: tuple[int, int] | None = None) -> None:
     """Raise :class:`DataError` unless images/labels have the shapes and ranges rome-bench needs.
 
-    Checks rank (N,C,H,W), channel count, dtype, finite values, the [0,1] range (real images;
-    ``unit_range=False`` for synthetic ones, which may lie outside it), matching lengths and
-    label range. ``where`` names the source in the message.
+    Checks rank (N,C,H,W), channel count, image size (when given), dtype, finite values, the
+    [0,1] range (real images; ``unit_range=False`` for synthetic ones, which may lie outside
+    it), matching lengths, label dtype and label range. ``where`` names the source in the
+    message. Files from strangers end up here, so nothing is assumed about what they hold.
     """
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise DataError(f"{where}: images and labels must be tensors")
@@ -115,6 +116,9 @@ def validate_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int
     if channels is not None and images.shape[1] != channels:
         raise DataError(f"{where}: expected {channels} channels, got {images.shape[1]} "
                         f"(shape {tuple(images.shape)})")
+    if image_size is not None and tuple(images.shape[2:]) != tuple(image_size):
+        raise DataError(f"{where}: expected {image_size[0]}x{image_size[1]} images, got "
+                        f"{images.shape[2]}x{images.shape[3]}")
     if images.shape[0] == 0:
         raise DataError(f"{where}: no images")
     if not images.is_floating_point():
@@ -124,18 +128,22 @@ def validate_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int
     lo, hi = float(images.min()), float(images.max())
     if unit_range and (lo < -1e-4 or hi > 1 + 1e-4):
         raise DataError(f"{where}: images must lie in [0,1] pixel space, got [{lo:.3f}, {hi:.3f}]")
+    if labels.dim() == 0:
+        raise DataError(f"{where}: labels must have shape (N,) or (N,K), got a scalar")
     if labels.shape[0] != images.shape[0]:
         raise DataError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels")
     if labels.dim() == 2 and soft_labels_ok:
         if num_classes is not None and labels.shape[1] != num_classes:
             raise DataError(f"{where}: soft labels have {labels.shape[1]} columns, "
                             f"expected {num_classes} classes")
+        if not labels.is_floating_point():
+            raise DataError(f"{where}: soft labels must be floating point, got {labels.dtype}")
         if not torch.isfinite(labels).all():
             raise DataError(f"{where}: soft labels contain NaN or inf")
         return
     if labels.dim() != 1:
         raise DataError(f"{where}: labels must have shape (N,), got {tuple(labels.shape)}")
-    if labels.is_floating_point():
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise DataError(f"{where}: hard labels must be integers, got {labels.dtype}")
     if num_classes is not None and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise DataError(f"{where}: labels must lie in [0,{num_classes - 1}], "
@@ -149,8 +157,11 @@ def _to_imageset(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, where: str) ->
                         f"{spec.image_size[1]},{spec.channels}), got {x.shape}")
     if x.dtype != np.uint8:
         raise DataError(f"{where}: expected uint8 pixels, got {x.dtype}")
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: expected integer labels, got {y.dtype}")
     images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
-    labels = torch.as_tensor(np.asarray(y).astype(np.int64).reshape(-1))
+    labels = torch.as_tensor(y.astype(np.int64).reshape(-1))
     validate_images(images, labels, spec.num_classes, spec.channels, where)
     return ImageSet(images.contiguous(), labels, spec.num_classes, spec.name, spec.class_names)
 
@@ -228,6 +239,23 @@ def _read_cifar_pickle(path: Path) -> dict:
         raise DataError(f"cannot read CIFAR batch file {path}: {exc}") from exc
 
 
+def _batch_arrays(batch: object, label_key: str, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The NHWC images and the labels of one official batch (a dict; checked, not assumed)."""
+    if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
+        raise DataError(f"{where}: not a CIFAR batch (needs 'data' and '{label_key}')")
+    try:
+        labels = np.asarray(batch[label_key])
+    except ValueError as exc:  # ragged lists
+        raise DataError(f"{where}: '{label_key}' is not a list of labels") from exc
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: '{label_key}' must be a list of integer labels, got "
+                        f"{labels.dtype} of shape {labels.shape}")
+    images = _rows_to_nhwc(batch["data"], where)
+    if len(images) != len(labels):  # per batch, for the reason given in _read_npz_shards
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
 def _rows_to_nhwc(data: np.ndarray, where: Path) -> np.ndarray:
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[1] != 3072:
@@ -243,12 +271,22 @@ def _read_npz_shards(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     for f in files:
         try:
             with np.load(f, allow_pickle=False) as z:
-                xs.append(z["x"])
-                ys.append(z["y"])
+                x, y = z["x"], z["y"]
         except KeyError as exc:
             raise DataError(f"{f}: npz shard needs keys 'x' and 'y'") from exc
         except Exception as exc:
             raise DataError(f"{f}: cannot read npz shard: {exc}") from exc
+        # checked per shard: two shards that are each off by one would add up to matching
+        # totals and shift every label after the first
+        if x.ndim == 0 or y.size != x.shape[0]:
+            raise DataError(f"{f}: {x.shape[0] if x.ndim else 0} images but {y.size} labels")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{f}: expected integer labels, got {y.dtype}")
+        xs.append(x)
+        ys.append(y.reshape(-1))
+    if len({(x.shape[1:], x.dtype) for x in xs}) > 1:
+        raise DataError(f"the shards in {root} hold images of different shapes or types: "
+                        + ", ".join(f"{f.name} {x.shape[1:]} {x.dtype}" for f, x in zip(files, xs)))
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -270,10 +308,9 @@ def _load_cifar10(root: Path | None, split: str, download: bool) -> tuple[np.nda
         folder = _find_folder(root, "cifar-10-batches-py")
     if folder is not None:
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        batches = [_read_cifar_pickle(folder / n) for n in names]
-        x = np.concatenate([_rows_to_nhwc(b["data"], folder) for b in batches])
-        y = np.concatenate([np.asarray(b["labels"]) for b in batches])
-        return x, y
+        arrays = [_batch_arrays(_read_cifar_pickle(folder / n), "labels", folder / n)
+                  for n in names]
+        return np.concatenate([x for x, _ in arrays]), np.concatenate([y for _, y in arrays])
     if any(root.glob("*.npz")):
         return _read_npz_shards(root, split)
     raise DataError(f"--data-root {root} holds neither 'cifar-10-batches-py' nor npz shards "
@@ -291,10 +328,7 @@ def _load_cifar100(root: Path | None, split: str, download: bool) -> tuple[np.nd
     if not (folder / split).is_file():
         raise DataError(f"--data-root {root} holds no 'cifar-100-python/{split}' file "
                         "(pass --download to fetch the official release)")
-    batch = _read_cifar_pickle(folder / split)
-    if "fine_labels" not in batch or "data" not in batch:
-        raise DataError(f"{folder / split}: not a CIFAR-100 batch (needs 'data' and 'fine_labels')")
-    return _rows_to_nhwc(batch["data"], folder / split), np.asarray(batch["fine_labels"])
+    return _batch_arrays(_read_cifar_pickle(folder / split), "fine_labels", folder / split)
 
 
 def mini_asset_path() -> Path:

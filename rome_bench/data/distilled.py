@@ -15,6 +15,7 @@ Importers convert the reference repositories' formats (docs/design.md, "Conventi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,11 @@ class DistilledSet:
         """Images per class (of the most frequent class)."""
         return int(torch.bincount(self.hard_labels).max())
 
-    def validate(self, num_classes: int, channels: int, where: str = "distilled set") -> None:
+    def validate(self, num_classes: int | None, channels: int | None,
+                 where: str = "distilled set", image_size: tuple[int, int] | None = None) -> None:
+        """Raise :class:`DataError` unless the set can be retrained on (None: not checked)."""
         validate_images(self.images, self.labels, num_classes, channels, where,
-                        soft_labels_ok=True, unit_range=False)
+                        soft_labels_ok=True, unit_range=False, image_size=image_size)
 
     def save(self, path: str | Path) -> None:
         """Write atomically in rome-bench's own format."""
@@ -82,11 +85,40 @@ class DistilledSet:
 
     @classmethod
     def load(cls, path: str | Path) -> DistilledSet:
-        """Read a file in any supported format (see :func:`import_distilled` for the others)."""
+        """Read a file in rome-bench's own format (see :func:`import_distilled` for the others).
+
+        The set is checked for what every consumer relies on (shapes, dtypes, finite values);
+        the dataset it belongs to is not known here, so classes and channels are not.
+        """
         obj = load_tensor_file(path, "distilled set")
         if not (isinstance(obj, dict) and "images" in obj and "labels" in obj):
             raise DataError(f"{path}: not a rome-bench distilled set (needs 'images' and 'labels')")
-        return cls(obj["images"], obj["labels"], dict(obj.get("meta") or {}))
+        result = _from_own_format(obj, path)
+        result.validate(None, None, str(path))
+        return result
+
+
+def _from_own_format(obj: dict, path: Path | str) -> DistilledSet:
+    """The set in a ``{'images', 'labels', 'meta'}`` dict, with dtypes made canonical (float32
+    images, int64 hard labels); whatever else it holds is left to :meth:`DistilledSet.validate`."""
+    meta = obj.get("meta")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: 'meta' must be a dict, got {type(meta).__name__}")
+    return _canonical(DistilledSet(obj["images"], obj["labels"], dict(meta)), path)
+
+
+def _canonical(result: DistilledSet, path: Path | str) -> DistilledSet:
+    images, labels = result.images, result.labels
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise DataError(f"{path}: images and labels must be tensors")
+    if images.is_floating_point():
+        result.images = images.float()
+    if labels.dim() == 1 and not (labels.is_floating_point() or labels.is_complex()
+                                  or labels.dtype == torch.bool):
+        result.labels = labels.long()
+    return result
 
 
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:
@@ -111,23 +143,23 @@ def import_distilled(spec: str, dataset: DatasetSpec) -> DistilledSet:
     """
     path_str, _, exp = spec.partition("#")
     path = Path(path_str).expanduser()
+    if exp and not exp.isdigit():
+        raise DataError(f"{spec}: the experiment after '#' must be a number (e.g. {path_str}#0)")
     if path.is_dir():
         result = _import_mtt_folder(path, dataset)
     else:
         obj = load_tensor_file(path, "distilled set")
         if isinstance(obj, dict) and "images" in obj and "labels" in obj:
-            result = DistilledSet(obj["images"], obj["labels"], dict(obj.get("meta") or {}))
+            result = _from_own_format(obj, path)
         elif isinstance(obj, dict) and "data" in obj:
             result = _import_dc(obj, path, int(exp or 0), dataset)
         else:
             raise DataError(f"{path}: unknown distilled-set format (expected rome-bench's "
                             "{'images','labels','meta'}, DC's {'data': [[x, y], ...]} or an MTT "
                             "folder with images_best.pt)")
-    if not isinstance(result.images, torch.Tensor) or not isinstance(result.labels, torch.Tensor):
-        raise DataError(f"{path}: images and labels must be tensors")
-    result.images = result.images.float()
+    result = _canonical(result, path)
     result.meta.setdefault("source", str(path))
-    result.validate(dataset.num_classes, dataset.channels, str(path))
+    result.validate(dataset.num_classes, dataset.channels, str(path), dataset.image_size)
     return result
 
 
@@ -141,14 +173,15 @@ def _import_dc(obj: dict, path: Path, exp: int, dataset: DatasetSpec) -> Distill
     if not isinstance(pair, (list, tuple)) or len(pair) < 2:
         raise DataError(f"{path}: data[{exp}] must be [images, labels]")
     images, labels = pair[0], pair[1]
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise DataError(f"{path}: data[{exp}][0] must be an (N,C,H,W) tensor")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise DataError(f"{path}: data[{exp}][0] must be an (N,C,H,W) floating-point tensor")
+    if not isinstance(labels, torch.Tensor):
+        raise DataError(f"{path}: data[{exp}][1] must be a tensor of labels")
     if images.shape[1] != len(dataset.mean):
         raise DataError(f"{path}: images have {images.shape[1]} channels, dataset "
                         f"'{dataset.name}' has {len(dataset.mean)}")
     if not torch.isfinite(images).all():
         raise DataError(f"{path}: images contain NaN or inf")
-    labels = labels if labels.is_floating_point() else labels.long()
     return DistilledSet(_denormalize(images, dataset), labels, {"format": "dc", "experiment": exp})
 
 
@@ -170,16 +203,30 @@ def _import_mtt_folder(folder: Path, dataset: DatasetSpec) -> DistilledSet:
         raise DataError(f"{folder}: an MTT/DATM folder needs images_best.pt and labels_best.pt")
     images = load_tensor_file(img_path, "images")
     labels = load_tensor_file(label_path, "labels")
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise DataError(f"{img_path}: expected an (N,C,H,W) tensor")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise DataError(f"{img_path}: expected an (N,C,H,W) floating-point tensor")
     if not isinstance(labels, torch.Tensor):
         raise DataError(f"{label_path}: expected a tensor")
+    if images.shape[1] != len(dataset.mean):
+        raise DataError(f"{img_path}: images have {images.shape[1]} channels, dataset "
+                        f"'{dataset.name}' has {len(dataset.mean)}")
     meta: dict[str, Any] = {"format": "mtt"}
     lr_path = folder / "lr_best.pt"
     if lr_path.exists():
-        lr = load_tensor_file(lr_path, "learned lr")
-        meta["lr"] = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+        meta["lr"] = _learned_lr(load_tensor_file(lr_path, "learned lr"), lr_path)
     if not torch.isfinite(images).all():
         raise DataError(f"{img_path}: images contain NaN or inf")
-    labels = labels if labels.is_floating_point() and labels.dim() == 2 else labels.long()
+    if (labels.dim() == 1 and labels.is_floating_point() and torch.isfinite(labels).all()
+            and bool((labels == labels.round()).all())):
+        labels = labels.long()  # hard labels saved as floats: whole numbers only
     return DistilledSet(_denormalize(images, dataset), labels, meta)
+
+
+def _learned_lr(lr: Any, path: Path) -> float:
+    """The retraining lr of ``lr_best.pt``: one positive finite number (a tensor or a float)."""
+    if isinstance(lr, torch.Tensor) and lr.numel() == 1 and lr.is_floating_point():
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        shown = tuple(lr.shape) if isinstance(lr, torch.Tensor) else repr(lr)[:40]
+        raise DataError(f"{path}: the learned lr must be one positive finite number, got {shown}")
+    return float(lr)

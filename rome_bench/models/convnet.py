@@ -179,7 +179,8 @@ def load_dc_checkpoint(path: str | Path, arch: str, *, num_classes: int, mean: S
     state = load_tensor_file(path, "checkpoint")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if (not isinstance(state, dict) or not all(isinstance(k, str) for k in state)
+            or not all(isinstance(v, torch.Tensor) for v in state.values())):
         raise CheckpointError(f"{path}: expected a state_dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     model = build_model(arch, num_classes=num_classes, channels=channels, image_size=image_size,
@@ -199,5 +200,12 @@ def load_dc_checkpoint(path: str | Path, arch: str, *, num_classes: int, mean: S
             parts.append(f"shape mismatch {wrong[:3]}")
         raise CheckpointError(f"{path} does not fit architecture '{arch}' with {num_classes} "
                               f"classes: {'; '.join(parts)}")
+    # load_state_dict would cast integer tensors into float weights and take NaN as it is:
+    # either gives a model that silently measures nonsense
+    for k, v in expected.items():
+        if v.is_floating_point() and not state[k].is_floating_point():
+            raise CheckpointError(f"{path}: {k} holds {state[k].dtype} values, expected floats")
+        if v.is_floating_point() and not torch.isfinite(state[k]).all():
+            raise CheckpointError(f"{path}: {k} contains NaN or inf")
     model.net.load_state_dict(state)
     return model.eval()

@@ -14,6 +14,7 @@ Everything imported carries ``threat_model='beard-compat'`` and ``preset='beard-
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -37,6 +38,20 @@ DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100"}
 
 class BeardLogError(RomeBenchError):
     """A BEARD log line that cannot be parsed."""
+
+
+def _number(m: re.Match, group: str, where: str, at_most: float = math.inf) -> float:
+    """Field ``group`` of a result line as a finite number in [0, at_most] (the pattern lets
+    through digits and dots in any order, e.g. '1.2.3', so the value is checked here)."""
+    text = m[group]
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= at_most:
+        bounds = f" in [0, {at_most:g}]" if math.isfinite(at_most) else " >= 0"
+        raise BeardLogError(f"{where}: {group} '{text[:20]}' is not a finite number{bounds}")
+    return value
 
 
 def parse_beard_logs(paths: list[str | Path], run_id: str = "beard-import") -> list[Record]:
@@ -67,8 +82,9 @@ def parse_beard_logs(paths: list[str | Path], run_id: str = "beard-import") -> l
                           threat_model="beard-compat", setting="white-box", source_model=None,
                           eps=None, n_images=0, protocol="beard", created=now(),
                           versions={"source": f"{path.name}:{lineno}"})
-            t_acc, u_acc = float(m["t_acc"]), float(m["u_acc"])
-            t_time, u_time = float(m["t_time"]), float(m["u_time"])
+            where = f"{path}:{lineno}"
+            t_acc, u_acc = (_number(m, g, where, 100.0) for g in ("t_acc", "u_acc"))
+            t_time, u_time = (_number(m, g, where) for g in ("t_time", "u_time"))
             if attack == "clean":
                 for acc, secs, pass_ in ((t_acc, t_time, "targeted"), (u_acc, u_time, "untargeted")):
                     records.append(Record(**{**common, "versions": {**common["versions"],

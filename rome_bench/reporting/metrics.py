@@ -104,7 +104,8 @@ def compute(clean_acc: Iterable[float], clean_time: Iterable[float], attack_acc:
     mean_asr = c - statistics.fmean(attack_acc)
     max_asr = c - min(attack_acc)
     rr = 0.0 if max_asr == 0 else 100.0 * (1.0 - mean_asr / max_asr)
-    i_rr = 0.0 if c == 0 else 100.0 * (1.0 - mean_asr * max_asr / c**2)
+    # (mean/C)(max/C) rather than mean*max/C**2: C**2 underflows to 0 for a tiny C
+    i_rr = 0.0 if c == 0 else 100.0 * (1.0 - (mean_asr / c) * (max_asr / c))
     t_span = max(attack_time) - t0
     ae = 0.0 if t_span == 0 else 100.0 * (statistics.fmean(attack_time) - t0) / t_span
     return MetricValues(c, mean_asr, max_asr, rr, ae, alpha * rr + (1 - alpha) * ae, i_rr,
@@ -134,7 +135,7 @@ def compute_replicates(clean_acc: np.ndarray, clean_time: list[float], attack_ac
     max_asr = c - attack_acc.min(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rr = np.where(max_asr == 0, 0.0, 100.0 * (1.0 - mean_asr / max_asr))
-        i_rr = np.where(c == 0, 0.0, 100.0 * (1.0 - mean_asr * max_asr / c**2))
+        i_rr = np.where(c == 0, 0.0, 100.0 * (1.0 - (mean_asr / c) * (max_asr / c)))
     t_span = max(attack_time) - t0
     ae = 0.0 if t_span == 0 else 100.0 * (statistics.fmean(attack_time) - t0) / t_span
     ae_arr = np.full_like(c, ae)
@@ -180,7 +181,9 @@ class MetricRow:
 
 
 def _mean_std(xs: list[float | None]) -> tuple[float | None, float | None]:
-    vals = [x for x in xs if x is not None and not math.isnan(x)]
+    # a value that overflowed (an absurdly small clean accuracy in a hand-made records file)
+    # is left out like a NaN rather than crashing the table
+    vals = [x for x in xs if x is not None and math.isfinite(x)]
     if not vals:
         return None, None
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
