@@ -26,7 +26,7 @@ from rome_bench.pipeline.stages import load_test_set, run_cell
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"run_id", "method", "dataset", "ipc", "seed", "repeat", "arch", "preset", "threat_model",
           "setting", "source_model", "mode", "attack", "eps", "accuracy", "seconds", "n_images",
-          "protocol", "created", "versions", "outcomes", "n_attacked"}
+          "protocol", "created", "versions", "outcomes", "n_attacked", "environment"}
 
 
 def config(tmp_path, **kw):

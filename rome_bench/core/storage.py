@@ -86,6 +86,23 @@ def remove_orphaned_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
+def check_writable(folder: str | Path, what: str = "folder") -> None:
+    """Create ``folder`` if needed and write (then delete) a file in it, so a run that could not
+    save its results stops before it computes anything, naming the place and the reason."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # named like an atomic write's temporary file: if the process dies right here, the next
+        # run's orphan sweep removes it
+        fd, probe = tempfile.mkstemp(prefix=f".write-check.{os.getpid()}.", suffix=TEMP_SUFFIX,
+                                     dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RomeBenchError(f"cannot write to the {what} {folder}: "
+                             f"{exc.strerror or type(exc).__name__}") from exc
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 

@@ -24,6 +24,7 @@ import torch
 from rome_bench.core.catalog import SWEEP
 from rome_bench.core.records import Record
 from rome_bench.core.registry import RomeBenchError
+from rome_bench.core.storage import atomic_write
 from rome_bench.reporting.layout import split_groups
 from rome_bench.reporting.metrics import METRICS, compute
 from rome_bench.reporting.naming import display_dataset, display_method, method_order
@@ -49,9 +50,9 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
     paths = []
     for ext in FIGURE_FORMATS:
         path = folder / f"{stem}.{ext}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=ext)
-        tmp.replace(path)  # atomic, like every other rome-bench write
+        # atomic like every other write: a killed run leaves no half-drawn figure, and an
+        # interrupted one's temporary file is recognised and removed by the next run
+        atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext))
         paths.append(path)
     return paths
 
