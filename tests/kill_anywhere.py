@@ -198,17 +198,23 @@ def _label(row: dict) -> str:
             f"{row.get('attack')} {row.get('mode')} ({row.get('threat_model')})")
 
 
-def compare_records(ref: Path, got: Path) -> list[str]:
+def compare_records(ref: Path, got: Path, show: int = 6) -> list[str]:
+    """The rows that differ (their first ``show``, and how many), ignoring TIME_FIELDS."""
     a, b = _rows(ref), _rows(got)
     problems = []
     if len(a) != len(b):
         problems.append(f"records.jsonl: {len(b)} rows, the undisturbed run has {len(a)}")
+    differing = []
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
             diff = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
             detail = ", ".join(f"{k}: {x.get(k)!r} -> {y.get(k)!r}" for k in diff
-                               if k != "outcomes")
-            problems.append(f"records.jsonl row {i} ({_label(x)}) differs in {diff}: {detail}")
+                               if k not in ("outcomes", "versions", "environment"))
+            differing.append(f"records.jsonl row {i} ({_label(x)}) differs in {diff}"
+                             + (f": {detail}" if detail else ""))
+    problems += differing[:show]
+    if len(differing) > show:
+        problems.append(f"... {len(differing) - show} more differing rows")
     return problems
 
 

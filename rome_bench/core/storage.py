@@ -87,9 +87,13 @@ def remove_orphaned_temporaries(folder: str | Path) -> list[Path]:
 
 
 def check_writable(folder: str | Path, what: str = "folder") -> None:
-    """Create ``folder`` if needed and write (then delete) a file in it, so a run that could not
-    save its results stops before it computes anything, naming the place and the reason."""
+    """Raise a one-line error naming ``folder`` unless a file can be written in it.
+
+    Folders that do not exist yet are created for the test and removed again, so a check leaves
+    nothing behind; a run that could not save its results stops before it computes anything.
+    """
     folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # named like an atomic write's temporary file: if the process dies right here, the next
@@ -101,6 +105,10 @@ def check_writable(folder: str | Path, what: str = "folder") -> None:
     except OSError as exc:
         raise RomeBenchError(f"cannot write to the {what} {folder}: "
                              f"{exc.strerror or type(exc).__name__}") from exc
+    finally:
+        for p in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
