@@ -13,7 +13,7 @@ and finally lets it finish. It then checks that
   measurements (but their seconds), and no distillation checkpoint;
 * no temporary file of an interrupted write is left in the cache or the run folder.
 
-Run it directly (the documented full check, about 5-10 minutes on 2 cores)::
+Run it directly (the documented full check, about 7 minutes on 2 busy cores)::
 
     python tests/kill_anywhere.py --kills 12 --seed 0
 
@@ -80,6 +80,7 @@ class Report:
     attempts: list[Attempt] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     removed_temporaries: int = 0
+    resumed_distillations: int = 0
 
     @property
     def kills(self) -> int:
@@ -88,11 +89,13 @@ class Report:
     def summary(self) -> str:
         lines = [f"seed {self.seed}: {self.kills} kills in {len(self.attempts)} attempts "
                  f"(jobs {'/'.join(str(a.jobs) for a in self.attempts)}); "
+                 f"{self.resumed_distillations} distillation(s) resumed from a checkpoint, "
                  f"{self.removed_temporaries} orphaned temporary file(s) removed on restart"]
-        lines += [f"  attempt {i}: jobs {a.jobs}, "
-                  + (f"killed after {a.delay:.1f} s" if a.killed
-                     else f"exited {a.returncode} before the kill at {a.delay:.1f} s")
-                  for i, a in enumerate(self.attempts)]
+        for i, a in enumerate(self.attempts):
+            what = (f"killed after {a.delay:.1f} s" if a.killed else
+                    "the last start, run to the end" if a.delay == 0 else
+                    f"exited {a.returncode} before the kill at {a.delay:.1f} s")
+            lines.append(f"  attempt {i}: jobs {a.jobs}, {what}")
         lines += ["PASSED"] if not self.problems else ["FAILED:", *("  " + p for p in self.problems)]
         return "\n".join(lines)
 
@@ -182,8 +185,10 @@ def disturb(grid: Grid, out: Path, cache: Path, logs: Path, kills: int, seed: in
     log = logs / "final.log"
     run_to_end(grid, out, cache, jobs, log)
     report.attempts.append(Attempt(jobs, 0.0, False, 0, log))
-    report.removed_temporaries = sum(p.read_text(errors="replace").count("left by an interrupted write")
-                                     for p in logs.glob("*.log"))
+    texts = [p.read_text(errors="replace") for p in logs.glob("attempt_*.log")]
+    texts.append(log.read_text(errors="replace"))
+    report.removed_temporaries = sum(t.count("left by an interrupted write") for t in texts)
+    report.resumed_distillations = sum(t.count("  resuming ") for t in texts)
 
 
 # -- comparisons ---------------------------------------------------------------------------
