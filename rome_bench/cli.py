@@ -118,6 +118,11 @@ def eval_options(f):
     f = click.option("--out", type=click.Path(), default=None,
                      help="Run folder (default: results/runs/<run id>).")(f)
     f = click.option("--device", default=None, help="cpu | cuda (default: cuda if available).")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Torch threads of every computation on a CPU, in one process or in "
+                          "each worker (default: 1). A CPU result is bit-identical only at the "
+                          "same thread count, so it is part of the cache keys and of each "
+                          "record's environment.")(f)
     f = click.option("--fresh", is_flag=True, help="Recompute instead of using the cache.")(f)
     f = click.option("--quiet", is_flag=True, help="No progress bars.")(f)
     f = click.option("--alpha", type=float, default=0.5, show_default=True,
@@ -146,7 +151,8 @@ def _config(**kw):
                      fresh=kw["fresh"], attacks=kw["attacks"], modes=kw["modes"],
                      threat_models=kw["threat_models"], test_subset=kw["test_subset"],
                      device=kw["device"], show_progress=not kw["quiet"],
-                     jobs=parse_jobs(kw.get("jobs", "1")), settings=kw.get("settings"),
+                     jobs=parse_jobs(kw.get("jobs", "1")), threads=kw.get("threads"),
+                     settings=kw.get("settings"),
                      protocol=kw.get("protocol", "native"), budget_of=kw.get("budget_of"))
 
 
@@ -206,8 +212,8 @@ def bootstrap_options(f):
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @click.option("--jobs", default="auto", show_default=True, envvar="ROME_BENCH_JOBS",
               metavar="auto|N",
-              help="Cells computed side by side in N worker processes (auto: one per CPU core, "
-                   "at most 4, on a CPU; 1 on a GPU). Results do not depend on it.")
+              help="Cells computed side by side in N worker processes (auto: one per --threads "
+                   "CPU cores, at most 4, on a CPU; 1 on a GPU). Results do not depend on it.")
 @click.option("--budget-of", "budget_of", default=None, metavar="METHOD",
               help="Distill every method with METHOD's budget for the hyperparameters both "
                    "declare (iterations, real batch, queue settings): an equal-budget "

@@ -26,7 +26,7 @@ from rome_bench.pipeline.stages import load_test_set, run_cell
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"run_id", "method", "dataset", "ipc", "seed", "repeat", "arch", "preset", "threat_model",
           "setting", "source_model", "mode", "attack", "eps", "accuracy", "seconds", "n_images",
-          "protocol", "created", "versions", "outcomes", "n_attacked"}
+          "protocol", "created", "versions", "outcomes", "n_attacked", "environment"}
 
 
 def config(tmp_path, **kw):
@@ -205,9 +205,13 @@ def test_parallel_workers_write_the_same_records_as_one_process(tmp_path):
                                   echo=lambda s: None)
     assert plan.jobs == 2
     key = lambda r: (r.method, r.ipc, r.attack, r.mode)  # noqa: E731
-    # same cells in the same (plan) order, same numbers: jobs never changes results
+    # same cells in the same (plan) order, same numbers, bit for bit (the per-image outcomes):
+    # workers compute with the serial loop's thread count, so jobs never changes results
     assert [key(r) for r in parallel] == [key(r) for r in serial]
-    assert [r.accuracy for r in parallel] == [r.accuracy for r in serial]
+    untimed = lambda r: {k: v for k, v in vars(r).items()  # noqa: E731
+                         if k not in ("run_id", "created", "seconds")}
+    assert [untimed(r) for r in parallel] == [untimed(r) for r in serial]
+    assert {r.environment["threads"] for r in parallel} == {plan.threads} == {1}
     on_disk = read_records([plan.out / "records.jsonl"])
     assert [key(r) for r in on_disk] == [key(r) for r in serial]
 

@@ -4,6 +4,7 @@ round-trip through their hex form."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -112,3 +113,26 @@ def test_within_a_file_the_latest_row_decides_which_file_is_newest(tmp_path):
         [_record("PGD", 30.0, "2026-11-01T00:00:00"), _record("PGD", 31.0, "2026-11-03T00:00:00")])
     RecordStore(tmp_path / "b" / "records.jsonl").append([_record("PGD", 20.0, "2026-11-02T00:00:00")])
     assert [r.accuracy for r in read_records([tmp_path])] == [30.0, 31.0]
+
+
+def test_a_rerun_supersedes_the_earlier_runs_rows_of_the_same_measurements(tmp_path):
+    # a run killed after its first model, restarted with the same --out: the restart writes the
+    # first model's rows again (from the cache) and then the rest
+    path = tmp_path / "records.jsonl"
+    store = RecordStore(path)
+    first = [_record("clean", 27.0, "2026-11-27T02:00:00"), _record("PGD", 14.0, "2026-11-27T02:00:01")]
+    store.append(first)
+    path.write_text(path.read_text() + "not a record, kept as it is\n")
+    again = [replace(r, run_id="restart", created="2026-11-27T03:00:00") for r in first]
+    store.append(again)
+    store.append([replace(_record("clean", 30.0, "2026-11-27T03:00:02", repeat=1),
+                          run_id="restart")])
+    lines = path.read_text().splitlines()
+    assert lines[0] == "not a record, kept as it is"
+    rows = [json.loads(line) for line in lines[1:]]
+    assert [(r["run_id"], r["attack"], r["repeat"]) for r in rows] == [
+        ("restart", "clean", 0), ("restart", "PGD", 0), ("restart", "clean", 1)]
+    # rows of one run are never dropped, even for the same measurement
+    store.append([replace(again[0], accuracy=28.0)])
+    assert sum(json.loads(line).get("attack") == "clean" and json.loads(line)["repeat"] == 0
+               for line in path.read_text().splitlines()[1:]) == 2

@@ -8,9 +8,11 @@ so a run killed at any moment leaves either the old file or the new one, never h
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
+import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +28,7 @@ MODES = ("clean", "targeted", "untargeted")
 
 
 # fields a record may lack (older files): they take their defaults
-OPTIONAL_FIELDS = ("created", "versions", "outcomes", "n_attacked", "protocol")
+OPTIONAL_FIELDS = ("created", "versions", "outcomes", "n_attacked", "protocol", "environment")
 
 
 class RecordError(RomeBenchError):
@@ -63,15 +65,75 @@ def unpack_outcomes(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n, bitorder="big").astype(bool)
 
 
-def versions() -> dict[str, str]:
-    """Versions of the software that produced a measurement."""
+def versions() -> dict[str, Any]:
+    """Versions of the software that produced a measurement: rome-bench's version and, when it
+    runs from a git checkout, the commit (``git_commit``, None otherwise) and whether tracked
+    files differ from it (``git_dirty``); torch, torchattacks and Python."""
     import torch
     import torchattacks
 
     from rome_bench.core.version import __version__
 
-    return {"rome_bench": __version__, "torch": torch.__version__,
-            "torchattacks": torchattacks.__version__, "python": platform.python_version()}
+    commit, dirty = git_revision()
+    return {"rome_bench": __version__, "git_commit": commit, "git_dirty": dirty,
+            "torch": torch.__version__, "torchattacks": torchattacks.__version__,
+            "python": platform.python_version()}
+
+
+@functools.cache
+def git_revision() -> tuple[str | None, bool | None]:
+    """``(commit, dirty)`` of the git checkout rome-bench runs from, or ``(None, None)``.
+
+    Only a checkout whose top folder holds this ``rome_bench`` package counts (an installed
+    copy inside some other repository is not that repository's code). Never fails: without
+    git, outside a checkout or when git refuses, the answer is ``(None, None)``.
+    """
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None, None
+    try:
+        top = _git(root, "rev-parse", "--show-toplevel")
+        if top is None or Path(top).resolve() != root:
+            return None, None
+        commit = _git(root, "rev-parse", "HEAD")
+        status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None, None
+    if commit is None:
+        return None, None
+    return commit, (bool(status) if status is not None else None)
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """The stripped output of ``git -C root ARGS``, or None when it fails."""
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          timeout=10, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Where a measurement is computed: the torch ``device``, its name (the GPU's, or the CPU
+    model) and torch's intra-op thread count (a CPU result is bit-identical only at the same
+    count; docs/design.md, "Reproducibility")."""
+    import torch
+
+    return {"device": str(device), "device_name": _device_name(str(device)),
+            "threads": torch.get_num_threads()}
+
+
+@functools.cache
+def _device_name(device: str) -> str | None:
+    import torch
+
+    try:
+        if torch.device(device).type == "cuda":
+            return torch.cuda.get_device_name(torch.device(device))
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+        return platform.processor() or None
+    except Exception:  # noqa: BLE001 - a name is a courtesy, never a reason to fail
+        return None
 
 
 def now() -> str:
@@ -105,11 +167,14 @@ class Record:
     # lack the field and read as native
     protocol: str = "native"
     created: str = field(default_factory=now)
-    versions: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
     outcomes: str | None = None
     # images the attack ran on (None in records that predate it): under ``standard``, images the
     # model misclassifies on clean input count as lost without being attacked
     n_attacked: int | None = None
+    # where it was computed (``environment()``: device, device name, torch threads); empty in
+    # records that predate it and in imported BEARD logs
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)
@@ -173,7 +238,15 @@ _FIELD_TYPES = {f.name: str(f.type) for f in fields(Record)}
 
 
 class RecordStore:
-    """Append-only JSONL file of :class:`Record` rows."""
+    """JSONL file of :class:`Record` rows, appended to as a run goes.
+
+    A row supersedes the rows of *earlier runs* (another ``run_id``) that hold the same
+    measurement (:data:`MEASUREMENT_KEY`): they are dropped and the new row goes at the end. A
+    run restarted after a kill (the same command, the same ``--out``) replays its finished cells
+    from the cache and writes their rows again; without this the folder would count those
+    models twice, and its tables would no longer be the undisturbed run's. Rows of the same
+    run are never dropped.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -182,9 +255,13 @@ class RecordStore:
         if not records:
             return
         old = self.path.read_text() if self.path.exists() else ""
-        if old and not old.endswith("\n"):
-            old += "\n"
-        atomic_write_text(self.path, old + "".join(r.to_json() + "\n" for r in records))
+        newer: dict[tuple[Any, ...], set[str]] = {}
+        for r in records:
+            newer.setdefault(_measurement_key(r), set()).add(r.run_id)
+        kept = [line for line in old.splitlines()
+                if line.strip() and not _superseded(line, newer)]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept)
+                          + "".join(r.to_json() + "\n" for r in records))
 
     def read(self) -> list[Record]:
         return read_records([self.path])
@@ -228,6 +305,18 @@ MEASUREMENT_KEY = ("method", "dataset", "ipc", "seed", "repeat", "arch", "preset
 
 def _measurement_key(record: Record) -> tuple[Any, ...]:
     return tuple(getattr(record, name) for name in MEASUREMENT_KEY)
+
+
+def _superseded(line: str, newer: dict[tuple[Any, ...], set[str]]) -> bool:
+    """Whether the stored ``line`` is a row of a measurement in ``newer`` (measurement key ->
+    the run ids writing it now) made by another run. A line that does not parse as a record
+    is kept as it is."""
+    try:
+        old = Record.from_dict(json.loads(line))
+        runs = newer.get(_measurement_key(old), set())
+    except Exception:  # noqa: BLE001 - not a record this version reads: never ours to drop
+        return False
+    return bool(runs - {old.run_id})
 
 
 def _drop_repeated_measurements(per_file: list[list[Record]]) -> list[Record]:

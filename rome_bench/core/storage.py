@@ -135,6 +135,30 @@ def remove_orphaned_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
+def check_writable(folder: str | Path, what: str = "folder") -> None:
+    """Raise a one-line error naming ``folder`` unless a file can be written in it.
+
+    Folders that do not exist yet are created for the test and removed again, so a check leaves
+    nothing behind; a run that could not save its results stops before it computes anything.
+    """
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # named like an atomic write's temporary file: if the process dies right here, the next
+        # run's orphan sweep removes it
+        fd, probe = tempfile.mkstemp(prefix=f".write-check.{os.getpid()}.", suffix=TEMP_SUFFIX,
+                                     dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise storage_error(exc, folder, f"write to the {what}") from exc
+    finally:
+        for p in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 

@@ -34,6 +34,12 @@ class PlanError(RomeBenchError):
     """A run that cannot start as requested."""
 
 
+# Torch threads per computation on a CPU unless --threads says otherwise. One, and never a
+# function of --jobs or of the core count: a CPU result is bit-identical only at the same
+# thread count (docs/design.md, "Reproducibility"), and workers of a pool run one thread each.
+DEFAULT_CPU_THREADS = 1
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs; the CLI maps flags to these fields one to one."""
@@ -60,6 +66,8 @@ class RunConfig:
     # progress as log lines instead of bars (set in worker processes, whose bars would collide)
     progress_lines: bool = False
     jobs: int | None = 1  # worker processes; None = auto (see resolve_jobs)
+    # torch threads of every computation on a CPU; None = DEFAULT_CPU_THREADS (see Plan.threads)
+    threads: int | None = None
     settings: str | None = None  # white-box | transfer | query, comma-separated
     # how models are retrained on the distilled sets: native | beard (pipeline/protocol.py)
     protocol: str = DEFAULT_PROTOCOL
@@ -100,6 +108,23 @@ class Plan:
     # the run uses them, so editing a file while a long run is going on cannot make a later
     # stage (a worker, the figures) look for the run's own results under another key
     code_versions: dict[str, str] = field(default_factory=dict)
+    # torch threads of every computation (serial loop and workers alike); None on an
+    # accelerator without --threads: torch's default (the device's results do not depend on it)
+    threads: int | None = DEFAULT_CPU_THREADS
+
+    @property
+    def compute_key(self) -> dict[str, str]:
+        """What changes a CPU or GPU result besides its inputs and code, for the cache keys.
+
+        The device type; on a CPU the thread count too (float sums are split across threads, so
+        1 and 2 threads train different models); and the torch and torchattacks versions. The
+        thread count never follows ``--jobs``: every cell computes with :attr:`threads` in the
+        serial loop and in worker processes alike, so records do not depend on ``--jobs``.
+        """
+        kind = torch.device(self.device).type
+        compute = f"cpu/{self.threads} threads" if kind == "cpu" else kind
+        return {"compute": compute, "torch": torch.__version__,
+                "torchattacks": _torchattacks_version()}
 
     @property
     def repeat_indices(self) -> range:
@@ -118,7 +143,8 @@ class Plan:
                  f"  scaled     {self.preset.scaled}",
                  f"  dataset    {self.dataset.name}" + self._data_text(),
                  f"  arch       {self.config.arch}, {self._models_text()}, seed "
-                 f"{self.config.seed}, device {self.device}, {self.jobs} worker(s)",
+                 f"{self.config.seed}, device {self.device}, {self.jobs} worker(s)"
+                 + (f" x {self.threads} thread(s)" if self.threads else ""),
                  f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
                  f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
                  f"  settings   {', '.join(self.settings)}",
@@ -261,12 +287,47 @@ def plan_run(config: RunConfig, *, require_data: bool = True) -> Plan:
     n_test = config.test_subset if config.test_subset is not None else preset.attacks.test_subset
     if n_test is not None and n_test <= 0:
         raise PlanError("--test-subset must be positive")
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(config.device, check_available=require_data)
+    threads = resolve_threads(config.threads, device)
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     out = Path(config.out) if config.out else Path("results") / "runs" / run_id
-    jobs = resolve_jobs(config.jobs, device, len(cells))
+    jobs = resolve_jobs(config.jobs, device, len(cells), threads or 1)
     return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
-                device, out, run_id, jobs, settings, code_versions_for(cells))
+                device, out, run_id, jobs, settings, code_versions_for(cells), threads)
+
+
+def resolve_device(device: str | None, check_available: bool = True) -> str:
+    """``device`` checked (a torch device name; with ``check_available`` one this machine has,
+    so a run on a missing GPU stops before any data is read), or cuda when present, else cpu."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise PlanError(f"--device '{device}' is not a torch device (cpu, cuda, cuda:N)") from exc
+    if parsed.type == "cuda" and check_available:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise PlanError(f"--device {device}: no CUDA device is available here")
+        if parsed.index is not None and parsed.index >= count:
+            raise PlanError(f"--device {device}: this machine has {count} CUDA device(s)")
+    return device
+
+
+def resolve_threads(threads: int | None, device: str) -> int | None:
+    """Torch threads for a run: ``threads``, or :data:`DEFAULT_CPU_THREADS` on a CPU (None on
+    an accelerator: torch's default, which only runs bookkeeping there)."""
+    if threads is not None:
+        if threads <= 0:
+            raise PlanError(f"--threads must be positive, got {threads}")
+        return threads
+    return DEFAULT_CPU_THREADS if torch.device(device).type == "cpu" else None
+
+
+def _torchattacks_version() -> str:
+    import torchattacks
+
+    return str(torchattacks.__version__)
 
 
 def borrow_budget(cell: Cell, source: str, preset: str, dataset: str) -> Cell:
@@ -311,15 +372,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_jobs(jobs: int | None, device: str, n_cells: int) -> int:
-    """Worker processes for a run: ``None`` (auto) = one per core (at most 4, at most one per
-    cell) on a CPU and 1 on a GPU, where one process already keeps the device busy."""
+def resolve_jobs(jobs: int | None, device: str, n_cells: int, threads: int = 1) -> int:
+    """Worker processes for a run: ``None`` (auto) = one per ``threads`` cores (at most 4, at
+    most one per cell) on a CPU and 1 on a GPU, where one process already keeps the device
+    busy."""
     if jobs is not None:
         if jobs <= 0:
             raise PlanError(f"--jobs must be positive or 'auto', got {jobs}")
         return max(1, min(jobs, n_cells or 1))
     if not str(device).startswith("cpu"):
         return 1
-    return max(1, min(available_cores(), 4, n_cells or 1))
+    return max(1, min(available_cores() // max(threads, 1), 4, n_cells or 1))
 
 

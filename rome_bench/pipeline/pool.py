@@ -1,10 +1,11 @@
-"""Cells side by side in worker processes (one torch thread each on a CPU).
+"""Cells side by side in worker processes (``plan.threads`` torch threads each: one on a CPU
+unless ``--threads`` says otherwise).
 
 ConvNet work on a few hundred images barely scales across threads (a forward and backward pass
 over 100 images took 0.655 s on one thread and 0.539 s on two on the 2-core development
-machine), so two one-thread workers get more done than one two-thread process. Workers return
-their records; the parent appends them in plan order, so records files do not depend on
-``jobs``.
+machine), so two one-thread workers get more done than one two-thread process. Workers compute
+with the same thread count as the serial loop (a CPU result changes with it) and return their
+records; the parent appends them in plan order, so records files do not depend on ``jobs``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import replace
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from rome_bench.core.cache import Cache
@@ -45,17 +45,22 @@ def _die_with_parent() -> None:
         pass
 
 
-def _init_worker(plan: Plan, threads: int) -> None:
-    """Load the data once per worker process; each worker uses ``threads`` torch threads."""
+def _init_worker(plan: Plan) -> None:
+    """Load the data once per worker process; each worker uses ``plan.threads`` torch threads."""
     _die_with_parent()
-    torch.set_num_threads(threads)
-    prepare_device(plan.device)
+    prepare_device(plan.device, worker_threads(plan))
     # bars from several processes collide: workers report progress as lines instead
     quiet = replace(plan.config, show_progress=False, progress_lines=plan.config.show_progress)
     _WORKER["plan"] = replace(plan, config=quiet)
     _WORKER["train"] = load_dataset(plan.dataset.name, "train", plan.config.data_root,
                                     plan.config.download)
     _WORKER["test"] = load_test_set(plan)
+
+
+def worker_threads(plan: Plan) -> int:
+    """``plan.threads``; where it is None (an accelerator, whose results do not depend on the
+    host's threads) the cores shared out among the workers."""
+    return plan.threads or max(1, available_cores() // plan.jobs)
 
 
 def _worker_cell(index: int) -> CellOutcome:
@@ -65,13 +70,13 @@ def _worker_cell(index: int) -> CellOutcome:
 
 def run_parallel(plan: Plan, store: RecordStore, echo: Callable[[str], None]) -> list[Record]:
     """Run the cells in ``plan.jobs`` processes; records are appended in plan order."""
-    threads = max(1, available_cores() // plan.jobs)
+    threads = worker_threads(plan)
     done: dict[int, list[Record]] = {}
     started = time.perf_counter()
     flushed = 0
     ctx = multiprocessing.get_context("spawn")  # fork after OpenMP has started can hang
     with ProcessPoolExecutor(plan.jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(plan, threads)) as pool, \
+                             initargs=(plan,)) as pool, \
             tqdm(total=len(plan.cells), desc=f"cells ({plan.jobs} workers)",
                  disable=not plan.config.show_progress, dynamic_ncols=True) as bar:
         pending: dict[Future, int] = {pool.submit(_worker_cell, i): i

@@ -21,25 +21,30 @@ from tqdm.auto import tqdm
 from rome_bench.attacks import blackbox
 from rome_bench.core.cache import Cache, content_key
 from rome_bench.core.catalog import METHODS
-from rome_bench.core.records import Record, RecordStore, versions
+from rome_bench.core.records import Record, RecordStore, environment, versions
 from rome_bench.core.registry import RomeBenchError
-from rome_bench.core.storage import StorageError, hold_folder, remove_orphaned_temporaries
+from rome_bench.core.storage import (
+    StorageError,
+    check_writable,
+    hold_folder,
+    remove_orphaned_temporaries,
+)
 from rome_bench.core.version import __version__
 from rome_bench.data.datasets import (
     DATASETS,
     ImageSet,
     load_dataset,
 )
-from rome_bench.data.distilled import DistilledSet
-from rome_bench.models.convnet import load_dc_checkpoint
+from rome_bench.data.distilled import DistilledSet, import_distilled
+from rome_bench.models.convnet import Classifier, load_dc_checkpoint
 from rome_bench.pipeline.config import Plan, PlanError, RunConfig, plan_run
 from rome_bench.pipeline.pool import run_parallel
 from rome_bench.pipeline.stages import (
+    computing,
     distill,
     distill_key,
     evaluate_model,
     load_test_set,
-    prepare_device,
     retrain,
     run_cell,
 )
@@ -57,12 +62,13 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
     """
     plan = plan_run(config)
     echo(plan.describe())
-    with hold_folder(plan.out):
-        return plan, _run_held(plan, config, echo)
+    check_inputs(plan)
+    with hold_folder(plan.out), computing(plan):
+        return plan, _run_planned(plan, echo)
 
 
-def _run_held(plan: Plan, config: RunConfig, echo: Callable[[str], None]) -> list[Record]:
-    prepare_device(plan.device)
+def _run_planned(plan: Plan, echo: Callable[[str], None]) -> list[Record]:
+    config = plan.config
     remove_orphans(plan)
     store = RecordStore(plan.out / "records.jsonl")
     # loaded once here: the serial loop, transfer and the figures use it, and with workers it
@@ -86,6 +92,25 @@ def _run_held(plan: Plan, config: RunConfig, echo: Callable[[str], None]) -> lis
         write_tables(all_records, plan.out)
         _write_figures(all_records, plan, _distilled_sets(plan, train, echo), echo)
     return all_records
+
+
+def check_inputs(plan: Plan) -> None:
+    """Check what can be checked without the data, before the (slow) data is read.
+
+    Every ``file:`` set is loaded and validated against the dataset, and its content hash
+    enters its cache key (``params["sha256"]``: a file replaced under the same name is a new
+    set); the run folder must be writable, and the cache folder must exist or be creatable (a
+    read-only cache that already holds every result still serves a run, so its writes are
+    checked when they happen).
+    """
+    for cell in plan.cells:
+        if cell.method == "file":
+            path = str(cell.params["path"])
+            import_distilled(path, plan.dataset)
+            cell.params["sha256"] = content_sha256(path.partition("#")[0])
+    check_writable(plan.out, "output folder")
+    if not Cache().root.is_dir():
+        check_writable(Cache().root, "cache folder (ROME_BENCH_CACHE)")
 
 
 def _cell_models(plan: Plan, train: ImageSet, echo: Callable[[str], None], with_models: bool):
@@ -158,8 +183,8 @@ def transfer_records(plan: Plan, cache: Cache, images: torch.Tensor, labels: tor
     for m in models:
         groups.setdefault((m.ipc, m.repeat), []).append(m)
     context = {"test": plan.test_subset, "dataset": plan.dataset.name,
-               "data_root": str(plan.config.data_root or "")}
-    vers = versions()
+               "data_root": str(plan.config.data_root or ""), **plan.compute_key}
+    vers, env = versions(), environment(plan.device)
     records: list[Record] = []
     for (ipc, repeat), group in sorted(groups.items()):
         results = blackbox.transfer_study(
@@ -173,7 +198,8 @@ def transfer_records(plan: Plan, cache: Cache, images: torch.Tensor, labels: tor
             seed=plan.config.seed, repeat=repeat, arch=plan.config.arch, preset=plan.preset.name,
             threat_model=r.threat_model, setting="transfer", source_model=r.surrogate,
             mode=r.mode, attack=r.attack, eps=r.eps, accuracy=r.accuracy, seconds=r.seconds,
-            n_images=r.n_images, protocol=plan.protocol, versions=vers) for r in results)
+            n_images=r.n_images, protocol=plan.protocol, versions=vers, environment=env)
+            for r in results)
     return records
 
 
@@ -219,29 +245,29 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
     """Evaluate published trained models (``NAME=PATH``) without retraining."""
     plan = plan_run(replace(config, methods=["random"]))
     plan.cells = []
-    cache = Cache()
     names = [name for name, _ in checkpoints]
     if "transfer" in plan.settings and len(set(names)) != len(names):
         raise PlanError(f"--setting transfer needs distinct checkpoint names, got {names}")
     models = []
-    for name, path in checkpoints:  # validate every file before the first forward pass
+    for name, path in checkpoints:  # validate every file before the data and the first pass
         model = load_dc_checkpoint(path, config.arch, num_classes=plan.dataset.num_classes,
                                    mean=plan.dataset.mean, std=plan.dataset.std,
                                    channels=plan.dataset.channels,
                                    image_size=plan.dataset.image_size)
-        key = content_key(stage="checkpoint", sha=_sha256(path), arch=config.arch)
+        key = content_key(stage="checkpoint", sha=content_sha256(path), arch=config.arch)
         models.append((name, path, model, key))
     echo(f"rome-bench {__version__}: evaluating {len(models)} checkpoint(s) on {plan.dataset.name} "
          f"({plan.test_subset or 'all'} test images), preset {plan.preset.name}, threat "
          f"{', '.join(plan.threat_models)}, settings {', '.join(plan.settings)}, output {plan.out}")
+    check_inputs(plan)
+    with hold_folder(plan.out), computing(plan):
+        return plan, _evaluate_models(plan, models, ipc, echo)
+
+
+def _evaluate_models(plan: Plan, models: list[tuple[str, str, Classifier, str]],
+                     ipc: int | None, echo: Callable[[str], None]) -> list[Record]:
+    cache = Cache()
     test = load_test_set(plan)
-    with hold_folder(plan.out):
-        return plan, _evaluate_held(plan, cache, models, test, ipc, echo)
-
-
-def _evaluate_held(plan: Plan, cache: Cache, models: list, test: ImageSet, ipc: int | None,
-                   echo: Callable[[str], None]) -> list[Record]:
-    prepare_device(plan.device)
     remove_orphans(plan)
     store = RecordStore(plan.out / "records.jsonl")
     records: list[Record] = []
@@ -269,10 +295,16 @@ def evaluate_distilled(config: RunConfig, paths: list[str], echo: Callable[[str]
     return run(replace(config, methods=[f"file:{p}" for p in paths]), echo)
 
 
-def _sha256(path: str) -> str:
+def content_sha256(path: str) -> str:
+    """SHA-256 of a file, or of a folder's files (an MTT/DATM set: name and hash of each)."""
     import hashlib
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    p = Path(path).expanduser()
+    if p.is_dir():
+        parts = [f"{f.name}:{hashlib.sha256(f.read_bytes()).hexdigest()}"
+                 for f in sorted(p.iterdir()) if f.is_file()]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def warn(msg: str) -> None:

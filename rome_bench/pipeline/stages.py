@@ -29,7 +29,14 @@ from rome_bench.core.cache import (
     report_corrupt,
 )
 from rome_bench.core.catalog import METHODS
-from rome_bench.core.records import Record, RecordStore, pack_outcomes, unpack_outcomes, versions
+from rome_bench.core.records import (
+    Record,
+    RecordStore,
+    environment,
+    pack_outcomes,
+    unpack_outcomes,
+    versions,
+)
 from rome_bench.core.registry import RomeBenchError
 from rome_bench.core.storage import atomic_torch_save, atomic_write_json, file_lock, load_tensor_file
 from rome_bench.core.version import __version__
@@ -54,7 +61,8 @@ def distill_key(cell: Cell, plan: Plan) -> str:
     return content_key(stage="distill", method=cell.method, dataset=plan.dataset.name,
                        ipc=cell.ipc, preset=plan.preset.name, seed=plan.config.seed,
                        params=cell.params, code=plan.code_of(f"method:{cell.method}", entry.obj),
-                       version=__version__, data_root=str(plan.config.data_root or ""))
+                       version=__version__, data_root=str(plan.config.data_root or ""),
+                       **plan.compute_key)
 
 
 def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable[[str], None]
@@ -64,6 +72,7 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
     ipc = cell.ipc
     key = distill_key(cell, plan)
     path = cache.distilled(key)
+    ckpt_path = cache.checkpoint(key)
     cacheable = not entry.meta.get("ipc_independent")
     if cacheable and not plan.config.fresh:
         def load_set(p: Path) -> DistilledSet:
@@ -73,13 +82,16 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
 
         cached = read_cached(path, load_set, "distilled set")
         if cached is not None:
+            # a run killed between saving the set and deleting its checkpoint left the checkpoint;
+            # a read-only cache keeps it (nothing reads a checkpoint beside a finished set)
+            with contextlib.suppress(OSError):
+                ckpt_path.unlink(missing_ok=True)
             return cached, key
     if ipc > 0:
         for c in range(train.num_classes):
             have = int((train.labels == c).sum())
             if have < ipc:
                 raise DataError(f"IPC {ipc} is larger than class {c}'s {have} training images")
-    ckpt_path = cache.checkpoint(key)
     if plan.config.fresh:
         # missing_ok: another process on the same cache may finish this cell at the same time
         ckpt_path.unlink(missing_ok=True)
@@ -141,7 +153,7 @@ def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable
                    "created": datetime.now().isoformat(timespec="seconds")}
     if cacheable:
         result.save(path)
-        ckpt_path.unlink(missing_ok=True)
+    ckpt_path.unlink(missing_ok=True)
     return result, key
 
 
@@ -196,7 +208,7 @@ def retrain(distilled: DistilledSet, distill_key: str, cell: Cell, repeat: int, 
     extra = {} if settings == native else {"retrain": asdict(settings)}
     key = content_key(stage="retrain", distilled=distill_key, arch=plan.config.arch, cfg=cfg,
                       seed=seed, code=plan.code_of("train", train_mod), version=__version__,
-                      **extra)
+                      **plan.compute_key, **extra)
     path = cache.model(key)
 
     zca = distilled.meta.get("zca") if settings.use_zca else None
@@ -254,7 +266,8 @@ def measure(model: Classifier, model_key: str, test: ImageSet, attack: AttackSpe
                       params=attack.params if attack else None, overrides=overrides, mode=mode,
                       threat=threat_model, test=plan.test_subset, dataset=plan.dataset.name,
                       data_root=str(plan.config.data_root or ""), seed=plan.config.seed,
-                      code=plan.code_of("attacks", attacks_mod), version=__version__)
+                      code=plan.code_of("attacks", attacks_mod), version=__version__,
+                      **plan.compute_key)
     path = cache.measurement(key)
     name = attack.name if attack is not None else "clean"
     n = len(test.labels)
@@ -326,7 +339,7 @@ def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan
                 if mode == "targeted" and not atk.targeted:
                     continue  # no targeted mode: left out of targeted tables, as published
                 jobs.append((atk, mode, threat))
-    vers = versions()
+    vers, env = versions(), environment(plan.device)
     records = []
     clean: dict[str, dict[str, Any]] = {}  # per threat model, measured once for all its attacks
     desc = f"attack {method} " + ("full" if ipc == 0 else f"ipc{ipc}") + f" #{repeat}"
@@ -341,15 +354,32 @@ def evaluate_model(model: Classifier, model_key: str, test: ImageSet, plan: Plan
             threat_model=threat, setting=atk.setting if atk else "white-box", source_model=None,
             mode=mode, attack=m["attack"], eps=m["eps"], accuracy=m["accuracy"],
             seconds=m["seconds"], n_images=m["n_images"], protocol=plan.protocol,
-            versions=vers, n_attacked=m["n_attacked"], outcomes=m["outcomes"]))
+            versions=vers, n_attacked=m["n_attacked"], outcomes=m["outcomes"], environment=env))
     return records
 
 
-def prepare_device(device: str) -> None:
-    """On CUDA let cuDNN pick the fastest convolution kernels for the fixed shapes of a run (the
-    same arithmetic, in full precision; attacks never use mixed precision)."""
+def prepare_device(device: str, threads: int | None = None) -> None:
+    """Set up this process for a run's computations: ``threads`` torch threads (None: leave
+    torch's default), and on CUDA let cuDNN pick the fastest convolution kernels for the fixed
+    shapes of a run (the same arithmetic, in full precision; attacks never use mixed
+    precision)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     if str(device).startswith("cuda"):
         torch.backends.cudnn.benchmark = True
+
+
+@contextlib.contextmanager
+def computing(plan: Plan) -> Iterator[None]:
+    """:func:`prepare_device` for the plan's device and threads while the block runs, then the
+    process's settings as before (a run called as a library leaves its caller's threads)."""
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    prepare_device(plan.device, plan.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def load_test_set(plan: Plan) -> ImageSet:

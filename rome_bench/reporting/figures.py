@@ -50,7 +50,8 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
     paths = []
     for ext in FIGURE_FORMATS:
         path = folder / f"{stem}.{ext}"
-        # atomic, like every other rome-bench write: a full disk leaves no half-drawn figure
+        # atomic like every other write: a killed run or a full disk leaves no half-drawn figure, and an
+        # interrupted one's temporary file is recognised and removed by the next run
         atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext))
         paths.append(path)
     return paths
