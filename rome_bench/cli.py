@@ -108,6 +108,23 @@ def eval_options(f):
     return f
 
 
+def executor_options(f):
+    """``--executor``, ``--address``, ``--gpus-per-task``: where the work runs."""
+    f = click.option("--gpus-per-task", type=float, default=1.0, show_default=True,
+                     metavar="G", help="GPUs each Ray task asks for when the device is CUDA; a "
+                     "fraction such as 0.25 packs several small ConvNets on one GPU.")(f)
+    f = click.option("--address", default=None, metavar="auto|HOST:PORT",
+                     help="Ray cluster to run on with --executor ray: auto (the cluster this "
+                          "node belongs to, started with `ray start`) or the head's HOST:PORT "
+                          "(default: join the local Ray instance, or start one).")(f)
+    f = click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True,
+                     help="local: this process (or --jobs workers); ray: one Ray task per "
+                          "distillation and per retrained model, on this machine or a cluster "
+                          "(pip install -e \".[ray]\"). Records are the same.")(f)
+    return f
+
+
 def ae_baseline_option(f):
     """``--ae-baseline``: AE's clean-time baseline T0 (docs/metrics.md)."""
     return click.option("--ae-baseline", "ae_baseline", type=click.Choice(["same-mode", "min"]),
@@ -129,7 +146,9 @@ def _config(**kw):
                      threat_models=kw["threat_models"], test_subset=kw["test_subset"],
                      device=kw["device"], show_progress=not kw["quiet"],
                      jobs=parse_jobs(kw.get("jobs", "1")), settings=kw.get("settings"),
-                     protocol=kw.get("protocol", "native"))
+                     protocol=kw.get("protocol", "native"),
+                     executor=kw.get("executor", "local"), address=kw.get("address"),
+                     gpus_per_task=kw.get("gpus_per_task", 1.0))
 
 
 def parse_jobs(text: str | None) -> int | None:
@@ -189,8 +208,10 @@ def bootstrap_options(f):
 @click.option("--jobs", default="auto", show_default=True, envvar="ROME_BENCH_JOBS",
               metavar="auto|N",
               help="Cells computed side by side in N worker processes (auto: one per CPU core, "
-                   "at most 4, on a CPU; 1 on a GPU). Results do not depend on it.")
+                   "at most 4, on a CPU; 1 on a GPU). Results do not depend on it; ignored "
+                   "with --executor ray.")
 @eval_options
+@executor_options
 def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> None:
     """Distill (or load), retrain, attack, and print the comparison table.
 
@@ -205,6 +226,9 @@ def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> Non
       rome-bench run --method full --repeats 3 --first-repeat 2   # only model #2
       rome-bench run --method all --preset paper --data-root ../shared/data/cifar10 \\
           --threat-model beard-compat --protocol beard    # the published Table 1's protocol
+      rome-bench run --method all --executor ray        # Ray tasks on this machine
+      rome-bench run --method all --preset paper --data-root /shared/cifar10 \\
+          --executor ray --address auto                   # on a Ray cluster (README)
     """
     from rome_bench.pipeline import runner as pipeline
 
@@ -226,6 +250,7 @@ def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> Non
               help="IPC recorded for checkpoints (default: parsed from names like *_CIFAR10_50_*).")
 @data_options
 @eval_options
+@executor_options
 def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int | None,
              alpha: float, ae_baseline: str, **kw) -> None:
     """Evaluate given distilled sets (retraining first) or given trained models.

@@ -63,6 +63,12 @@ class RunConfig:
     settings: str | None = None  # white-box | transfer | query, comma-separated
     # how models are retrained on the distilled sets: native | beard (pipeline/protocol.py)
     protocol: str = DEFAULT_PROTOCOL
+    # where the work runs: local (this process or --jobs workers) | ray (pipeline/ray_executor.py)
+    executor: str = "local"
+    # the Ray cluster: None = start or join a local one; "auto", "local" or HOST:PORT
+    address: str | None = None
+    # GPUs each Ray task asks for when the device is CUDA (a fraction packs small ConvNets)
+    gpus_per_task: float = 1.0
 
 
 @dataclass
@@ -115,7 +121,7 @@ class Plan:
                  f"  scaled     {self.preset.scaled}",
                  f"  dataset    {self.dataset.name}" + self._data_text(),
                  f"  arch       {self.config.arch}, {self._models_text()}, seed "
-                 f"{self.config.seed}, device {self.device}, {self.jobs} worker(s)",
+                 f"{self.config.seed}, device {self.device}, {self.executor_text}",
                  f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
                  f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
                  f"  settings   {', '.join(self.settings)}",
@@ -132,6 +138,15 @@ class Plan:
         notes = {c.method: METHODS.entry(c.method).meta.get("plan_note") for c in self.cells}
         lines += [f"  note       {m}: {n}" for m, n in notes.items() if n]
         return "\n".join(lines)
+
+    @property
+    def executor_text(self) -> str:
+        """Where the work runs, as the plan prints it."""
+        if self.config.executor != "ray":
+            return f"{self.jobs} worker(s)"
+        per_task = (f"{self.config.gpus_per_task:g} GPU" if self.device.startswith("cuda")
+                    else "1 CPU")
+        return f"Ray tasks ({per_task} each)"
 
     def _data_text(self) -> str:
         if self.config.data_root:
@@ -247,6 +262,7 @@ def plan_run(config: RunConfig, *, require_data: bool = True) -> Plan:
     threats = attacks_mod.parse_threat_models(config.threat_models)
     settings = blackbox.parse_settings(config.settings)
     PROTOCOLS.get(config.protocol)  # an unknown name fails here, listing the known ones
+    check_executor(config)
     if "transfer" in settings:
         blackbox.transfer_specs(attack_specs, config.attacks is not None)
     n_test = config.test_subset if config.test_subset is not None else preset.attacks.test_subset
@@ -258,6 +274,20 @@ def plan_run(config: RunConfig, *, require_data: bool = True) -> Plan:
     jobs = resolve_jobs(config.jobs, device, len(cells))
     return Plan(config, preset, dataset, cells, attack_specs, modes, threats, n_test, repeats,
                 device, out, run_id, jobs, settings, code_versions_for(cells))
+
+
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(config: RunConfig) -> None:
+    """The executor's options, checked when the run is planned (Ray itself is imported only
+    when the run starts, so a dry run never needs it)."""
+    if config.executor not in EXECUTORS:
+        raise PlanError(f"unknown executor '{config.executor}'; available: {', '.join(EXECUTORS)}")
+    share = config.gpus_per_task
+    if not share > 0 or (share > 1 and share != int(share)):
+        raise PlanError(f"--gpus-per-task must be a fraction in (0, 1] or a whole number, "
+                        f"got {share:g}")
 
 
 def code_versions_for(cells: list[Cell]) -> dict[str, str]:
