@@ -291,3 +291,30 @@ def test_the_expert_buffer_lock_excludes_other_ray_workers(ray_cluster, tmp_path
     spans = sorted((float(start), float(end)) for _, start, end in rows)
     assert len(spans) == 3 and len({pid for pid, _, _ in rows}) >= 2  # several processes
     assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:])), spans
+
+
+@needs_ray
+@pytest.mark.slow
+def test_evaluate_checkpoints_on_ray_gives_the_local_records(ray_cluster, tmp_path, pool_dir,
+                                                             cifar10_root):
+    """Given models: one attack task per checkpoint and one transfer task per surrogate."""
+    pairs = [(m, str(next(pool_dir.glob(f"{m}_ConvNet_CIFAR10_50_*.pth")))) for m in ("DC", "DM")]
+
+    def evaluate(executor: str) -> list[dict]:
+        config = pipeline.RunConfig(methods=[], dataset="cifar10", data_root=str(cifar10_root),
+                                    preset="unit", attacks="FGSM", test_subset=10,
+                                    settings="white-box,transfer", device="cpu",
+                                    out=str(tmp_path / executor), show_progress=False,
+                                    executor=executor)
+        plan, _ = pipeline.evaluate_checkpoints(config, pairs, echo=lambda s: None)
+        return measurements(plan.out / "records.jsonl")
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = evaluate("local")
+    finally:
+        torch.set_num_threads(before)
+    assert evaluate("ray") == local
+    assert {(r["source_model"], r["method"]) for r in local if r["setting"] == "transfer"} == {
+        ("DC", "DC"), ("DC", "DM"), ("DM", "DC"), ("DM", "DM")}

@@ -112,6 +112,12 @@ def file_lock(path: str | Path) -> Iterator[None]:
 
     Parallel workers that need the same expensive artefact (e.g. MTT's and DATM's shared expert
     buffer) take the lock: the first builds it, the others wait and then find it in the cache.
+    The lock belongs to the open file, so it excludes other processes (the ``--jobs`` workers,
+    Ray workers) and is released when its holder dies, even by SIGKILL. Across machines it
+    holds only where the shared filesystem passes ``flock`` locks between its clients: NFS
+    does (Linux clients turn ``flock`` into NFS byte-range locks; NFSv3 needs the lock daemon,
+    a ``nolock`` mount keeps locks local to each machine), Lustre only when mounted with
+    ``flock`` (``localflock`` is per node); see the README's "Scale out on Ray".
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
