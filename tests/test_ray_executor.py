@@ -189,6 +189,51 @@ def test_a_worker_killed_while_retraining_is_retried_with_the_same_records(
     assert not list(cache.rglob("*.tmp"))
 
 
+def checkpoint_iteration(path: Path) -> int | None:
+    try:
+        return int(torch.load(path, weights_only=True)["iteration"])
+    except Exception:  # noqa: BLE001 - missing, or replaced while being read
+        return None
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds workers through /proc")
+def test_a_worker_killed_while_distilling_resumes_from_the_checkpoint(ray_cluster, reference,
+                                                                       tmp_path):
+    cache = Path(os.environ["ROME_BENCH_CACHE"])
+    seen: dict[str, object] = {"after": []}
+
+    def kill_then_watch() -> None:
+        deadline = time.time() + 180
+        while time.time() < deadline and "killed_at" not in seen:
+            pids = ray_processes("distill dm")
+            ckpt = next(iter((cache / "checkpoints").glob("*.pt")), None)
+            done = checkpoint_iteration(ckpt) if ckpt is not None and pids else None
+            if done is not None and done >= 6:  # several checkpoints in: a restart would show
+                os.kill(pids[0], signal.SIGKILL)
+                seen["killed_at"], seen["path"] = done, ckpt
+            time.sleep(0.01)
+        last = seen.get("killed_at")
+        while time.time() < deadline and Path(str(seen.get("path"))).exists():
+            now = checkpoint_iteration(Path(str(seen["path"])))
+            if now is not None and now != last:
+                seen["after"].append(now)  # the retried task's checkpoints
+                last = now
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=kill_then_watch, daemon=True)
+    watcher.start()
+    plan, _ = pipeline.run(grid(tmp_path, "ray", methods=["dm"], executor="ray"),
+                           echo=lambda s: None)
+    watcher.join()
+    assert "killed_at" in seen, "the distillation was not caught between two checkpoints"
+    # the retry went on from the checkpoint (a restart would write a lower iteration first)
+    assert seen["after"] and min(seen["after"]) > seen["killed_at"], seen
+    assert measurements(plan.out / "records.jsonl") == white_box(reference, "dm")
+    assert not list((cache / "checkpoints").glob("*.pt"))  # removed once the set was saved
+
+
 def descendants(pid: int) -> set[int]:
     """Pids of every process below ``pid`` (through /proc parent links)."""
     children: dict[int, list[int]] = {}
