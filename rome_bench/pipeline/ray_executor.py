@@ -201,7 +201,7 @@ class RayExecutor:
         self.ray = ray
         self.plan = plan
         self.echo = echo
-        self.cache_root = Cache().root.expanduser().resolve()
+        self.cache_root = shared_cache_root()
         self.options = {**task_resources(plan), "max_retries": MAX_RETRIES,
                         "retry_exceptions": False}
         # workers report progress as log lines (Ray forwards them), never as bars
@@ -357,6 +357,12 @@ class RayExecutor:
                 self.ray.cancel(ref)
 
 
+def shared_cache_root() -> Path:
+    """The cache folder as every node must find it: absolute, links kept (a link may lead to
+    a mount point named differently on each node)."""
+    return Path(os.path.abspath(Cache().root.expanduser()))
+
+
 def blind_nodes_message(root: Path, hosts: list[str]) -> str:
     """The error when some nodes cannot read the driver's cache folder."""
     return (f"the Ray worker(s) on {', '.join(sorted(set(hosts)))} cannot see the cache folder "
@@ -395,7 +401,7 @@ def ray_executor(plan: Plan, echo: Callable[[str], None]) -> Iterator[RayExecuto
             plan.device = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
         echo(f"Ray: {int(resources.get('CPU', 0))} CPU(s), {int(resources.get('GPU', 0))} GPU(s) "
              f"on {len([n for n in ray.nodes() if n.get('Alive')])} node(s); cache "
-             f"{Cache().root.expanduser().resolve()}")
+             f"{shared_cache_root()}")
         executor = RayExecutor(ray, plan, echo)
         executor.check_cache()
         yield executor
