@@ -26,7 +26,13 @@ from rome_bench.cli import main
 from rome_bench.core.records import read_records
 from rome_bench.pipeline import runner as pipeline
 from rome_bench.pipeline.config import PlanError, plan_run
-from rome_bench.pipeline.ray_executor import RAY_MISSING, blind_nodes_message, task_graph
+from rome_bench.pipeline.ray_executor import (
+    RAY_MISSING,
+    ExecutorError,
+    blind_nodes_message,
+    reachable,
+    task_graph,
+)
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason='ray is not installed: pip install -e ".[ray]" '
@@ -116,6 +122,20 @@ def test_task_graph_has_a_distillation_per_cell_and_a_task_per_model(tmp_path):
     assert len(graph.models) == 15 and graph.transfer == 15
     assert graph.models[:3] == [(0, 0), (0, 1), (0, 2)]  # plan order: cell, then model
     assert task_graph(plan_run(grid(tmp_path, "x", first_repeat=1))).models == [(0, 1), (1, 1)]
+
+
+def test_an_unreachable_or_malformed_address_fails_at_once(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(ExecutorError, match=f"cannot reach Ray at 127.0.0.1:{port}"):
+            reachable(f"127.0.0.1:{port}", timeout=2)
+    with pytest.raises(ExecutorError, match="--address takes auto, local or HOST:PORT"):
+        reachable("head-node")
+    for fine in (None, "auto", "local", "ray://head:10001"):
+        reachable(fine)  # left to Ray
 
 
 def test_blind_nodes_error_names_the_hosts_and_the_fix():

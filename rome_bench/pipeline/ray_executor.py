@@ -376,6 +376,21 @@ def _label(plan: Plan, index: int) -> str:
     return f"{cell.label or cell.method} {where}"
 
 
+def reachable(address: str | None, timeout: float = 10.0) -> None:
+    """Fail at once, in one line, when a HOST:PORT address does not answer (Ray itself retries
+    an unreachable head for minutes before it gives up)."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorError(f"--address takes auto, local or HOST:PORT, got '{address}'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(f"cannot reach Ray at {address}: {exc.strerror or exc} (is "
+                            "`ray start --head` running there?)") from exc
+
+
 @contextlib.contextmanager
 def ray_executor(plan: Plan, echo: Callable[[str], None]) -> Iterator[RayExecutor]:
     """Connect to Ray (``plan.config.address``), check the shared cache, yield the executor.
@@ -388,6 +403,7 @@ def ray_executor(plan: Plan, echo: Callable[[str], None]) -> Iterator[RayExecuto
     started = not ray.is_initialized()
     if started:
         address = plan.config.address
+        reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, logging_level="warning")
         except (ConnectionError, RuntimeError, ValueError) as exc:
