@@ -4,7 +4,8 @@ Each stage is a plain function over small dataclasses. :func:`run` plans every c
 (validating all names and inputs before any computation), then walks the cells; finished
 distilled sets, models and measurements come from the cache, and records are appended after
 every model, so a killed run loses at most the model in progress. On a CPU the cells can run
-side by side in worker processes (:mod:`rome_bench.pipeline.pool`).
+side by side in worker processes (:mod:`rome_bench.pipeline.pool`); with ``executor="ray"``
+they run as Ray tasks on one machine or a cluster (:mod:`rome_bench.pipeline.ray_executor`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from rome_bench.pipeline.stages import (
     retrain,
     run_cell,
 )
-from rome_bench.pipeline.transfer import transfer_records
+from rome_bench.pipeline.transfer import StudyRunner, transfer_records
 from rome_bench.reporting import figures
 from rome_bench.reporting.tables import write_tables
 
@@ -74,8 +75,9 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
             all_records = _run_serial(plan, train, test, store, echo)
         if all_records:
             all_records.extend(_transfer_after_cells(plan, train, test, store, echo, executor))
-            write_tables(all_records, plan.out)
-            _write_figures(all_records, plan, _distilled_sets(plan, train, echo), echo)
+    if all_records:
+        write_tables(all_records, plan.out)
+        _write_figures(all_records, plan, _distilled_sets(plan, train, echo), echo)
     return plan, all_records
 
 
@@ -140,7 +142,7 @@ def _transfer_after_cells(plan: Plan, train: ImageSet, test: ImageSet, store: Re
     return recs
 
 
-def _study_runner(executor: RayExecutor | None, test: ImageSet):
+def _study_runner(executor: RayExecutor | None, test: ImageSet) -> StudyRunner | None:
     """Transfer studies as Ray tasks (one per surrogate), or None to run them here."""
     if executor is None:
         return None
