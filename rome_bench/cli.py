@@ -131,6 +131,23 @@ def eval_options(f):
     return f
 
 
+def executor_options(f):
+    """``--executor``, ``--address``, ``--gpus-per-task``: where the work runs."""
+    f = click.option("--gpus-per-task", type=float, default=1.0, show_default=True,
+                     metavar="G", help="GPUs each Ray task asks for when the device is CUDA; a "
+                     "fraction such as 0.25 packs several small ConvNets on one GPU.")(f)
+    f = click.option("--address", default=None, metavar="auto|HOST:PORT",
+                     help="Ray cluster to run on with --executor ray: auto (the cluster this "
+                          "node belongs to, started with `ray start`) or the head's HOST:PORT "
+                          "(default: join the local Ray instance, or start one).")(f)
+    f = click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True,
+                     help="local: this process (or --jobs workers); ray: one Ray task per "
+                          "distillation and per retrained model, on this machine or a cluster "
+                          "(pip install -e \".[ray]\"). Records are the same.")(f)
+    return f
+
+
 def ae_baseline_option(f):
     """``--ae-baseline``: AE's clean-time baseline T0 (docs/metrics.md)."""
     return click.option("--ae-baseline", "ae_baseline", type=click.Choice(["same-mode", "min"]),
@@ -153,7 +170,9 @@ def _config(**kw):
                      device=kw["device"], show_progress=not kw["quiet"],
                      jobs=parse_jobs(kw.get("jobs", "1")), threads=kw.get("threads"),
                      settings=kw.get("settings"),
-                     protocol=kw.get("protocol", "native"), budget_of=kw.get("budget_of"))
+                     protocol=kw.get("protocol", "native"), budget_of=kw.get("budget_of"),
+                     executor=kw.get("executor", "local"), address=kw.get("address"),
+                     gpus_per_task=kw.get("gpus_per_task", 1.0))
 
 
 def parse_jobs(text: str | None) -> int | None:
@@ -213,12 +232,14 @@ def bootstrap_options(f):
 @click.option("--jobs", default="auto", show_default=True, envvar="ROME_BENCH_JOBS",
               metavar="auto|N",
               help="Cells computed side by side in N worker processes (auto: one per --threads "
-                   "CPU cores, at most 4, on a CPU; 1 on a GPU). Results do not depend on it.")
+                   "CPU cores, at most 4, on a CPU; 1 on a GPU). Results do not depend on it; "
+                   "ignored with --executor ray.")
 @click.option("--budget-of", "budget_of", default=None, metavar="METHOD",
               help="Distill every method with METHOD's budget for the hyperparameters both "
                    "declare (iterations, real batch, queue settings): an equal-budget "
                    "comparison. Rows are labelled <method>@<METHOD>-budget.")
 @eval_options
+@executor_options
 def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> None:
     """Distill (or load), retrain, attack, and print the comparison table.
 
@@ -233,8 +254,11 @@ def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> Non
       rome-bench run --method full --repeats 3 --first-repeat 2   # only model #2
       rome-bench run --method all --preset paper --data-root ../shared/data/cifar10 \\
           --threat-model beard-compat --protocol beard    # the published Table 1's protocol
-      rome-bench run --method rome,rome-compat --budget-of idm --ipc 10 --preset cpu \
+      rome-bench run --method rome,rome-compat --budget-of idm --ipc 10 --preset cpu \\
           --data-root ../shared/data/cifar10    # ROME with IDM's distillation budget
+      rome-bench run --method all --executor ray        # Ray tasks on this machine
+      rome-bench run --method all --preset paper --data-root /shared/cifar10 \\
+          --executor ray --address auto                   # on a Ray cluster (README)
     """
     from rome_bench.pipeline import runner as pipeline
 
@@ -256,6 +280,7 @@ def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> Non
               help="IPC recorded for checkpoints (default: parsed from names like *_CIFAR10_50_*).")
 @data_options
 @eval_options
+@executor_options
 def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int | None,
              alpha: float, ae_baseline: str, **kw) -> None:
     """Evaluate given distilled sets (retraining first) or given trained models.
@@ -284,6 +309,62 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
     else:
         plan, records = pipeline.evaluate_distilled(config, list(distilled), echo=click.echo)
     _finish(plan, records, alpha, ae_baseline)
+
+
+# -- reproduce --------------------------------------------------------------------------
+@main.group()
+def reproduce() -> None:
+    """Reproduce a published table with one resumable command."""
+
+
+@reproduce.command("table1")
+@click.option("--dataset", "datasets", default="cifar10,cifar100", show_default=True,
+              metavar="cifar10,cifar100", help="Which part(s) of the grid.")
+@click.option("--data-root", type=click.Path(), default=None, metavar="DIR",
+              help="Folder holding one folder per dataset (DIR/cifar10, DIR/cifar100).")
+@click.option("--download", is_flag=True, help="Download the official CIFAR releases into "
+              "DIR/cifar10 and DIR/cifar100 if they are missing.")
+@click.option("--out", type=click.Path(), default="results/table1", show_default=True,
+              help="Results go to OUT/<dataset>; a rerun resumes from the cache.")
+@click.option("--device", default=None, help="cpu | cuda (default: cuda if available, or if "
+              "the Ray cluster has GPUs).")
+@click.option("--dry-run", is_flag=True, help="Print the task graph and an estimate of its "
+              "GPU-hours, and exit (needs neither the data nor Ray).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@executor_options
+def table1(datasets: str, data_root: str | None, download: bool, out: str, device: str | None,
+           dry_run: bool, quiet: bool, executor: str, address: str | None,
+           gpus_per_task: float) -> None:
+    """The published Table 1: its methods, CIFAR-10 and CIFAR-100, IPC 1/10/50, 5 models per
+    cell, the paper preset, threat models beard-compat and standard, BEARD's retraining
+    protocol; ends by printing Table 1 beside the published values.
+
+    \b
+    Examples:
+      rome-bench reproduce table1 --dry-run
+      rome-bench reproduce table1 --data-root /data --executor ray --address auto
+      rome-bench reproduce table1 --dataset cifar10 --data-root /data --device cuda
+    """
+    from rome_bench.pipeline import reproduce as rep
+    from rome_bench.reporting.tables import TABLE1, format_tables
+
+    configs = [rep.table1_config(d, data_root=data_root, download=download, out=out,
+                                 executor=executor, address=address, gpus_per_task=gpus_per_task,
+                                 device=device, show_progress=not quiet)
+               for d in rep.parse_datasets(datasets)]
+    if dry_run:
+        click.echo(rep.describe_table1(configs))
+        return
+    records = rep.reproduce_table1(configs, echo=click.echo)
+    if not records:
+        click.echo("no records were produced")
+        return
+    click.echo("")
+    click.echo(format_tables(records, [TABLE1], "markdown", reference="paper"))
+    click.echo("\nThe published values were measured under beard-compat (with BEARD's "
+               "retraining); standard shows what the same models withstand under the threat "
+               "model the metrics are meant to describe.")
+    click.echo(f"records: {', '.join(str(c.out) for c in configs)} (records.jsonl in each)")
 
 
 # -- table ---------------------------------------------------------------------------------

@@ -296,6 +296,13 @@ def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> It
     ``on_wait`` is called once when another process holds the lock, before waiting for it. In a
     read-only place no lock can be taken, and none is needed (nothing can be written there):
     the block runs unlocked.
+
+    The lock belongs to the open file, so it excludes other processes (the ``--jobs`` workers,
+    Ray workers) and is released when its holder dies, even by SIGKILL. Across machines it
+    holds only where the shared filesystem passes ``flock`` locks between its clients: NFS
+    does (Linux clients turn ``flock`` into NFS byte-range locks; NFSv3 needs the lock daemon,
+    a ``nolock`` mount keeps locks local to each machine), Lustre only when mounted with
+    ``flock`` (``localflock`` is per node); see the README's "Scale out on Ray".
     """
     path = Path(path)
     try:

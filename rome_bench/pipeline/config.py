@@ -74,6 +74,12 @@ class RunConfig:
     # distill every method with this method's budget for the hyperparameters both declare
     # (an equal-budget comparison); the cells are labelled "<method>@<budget_of>-budget"
     budget_of: str | None = None
+    # where the work runs: local (this process or --jobs workers) | ray (pipeline/ray_executor.py)
+    executor: str = "local"
+    # the Ray cluster: None = start or join a local one; "auto", "local" or HOST:PORT
+    address: str | None = None
+    # GPUs each Ray task asks for when the device is CUDA (a fraction packs small ConvNets)
+    gpus_per_task: float = 1.0
 
 
 @dataclass
@@ -143,8 +149,7 @@ class Plan:
                  f"  scaled     {self.preset.scaled}",
                  f"  dataset    {self.dataset.name}" + self._data_text(),
                  f"  arch       {self.config.arch}, {self._models_text()}, seed "
-                 f"{self.config.seed}, device {self.device}, {self.jobs} worker(s)"
-                 + (f" x {self.threads} thread(s)" if self.threads else ""),
+                 f"{self.config.seed}, device {self.device}, {self.executor_text}",
                  f"  attacks    {', '.join(a.name for a in self.attacks) or 'none (clean only)'}"
                  f" | modes {', '.join(self.modes)} | threat {', '.join(self.threat_models)}",
                  f"  settings   {', '.join(self.settings)}",
@@ -161,6 +166,16 @@ class Plan:
         notes = {c.method: METHODS.entry(c.method).meta.get("plan_note") for c in self.cells}
         lines += [f"  note       {m}: {n}" for m, n in notes.items() if n]
         return "\n".join(lines)
+
+    @property
+    def executor_text(self) -> str:
+        """Where the work runs, as the plan prints it."""
+        threads = f" x {self.threads} thread(s)" if self.threads else ""
+        if self.config.executor != "ray":
+            return f"{self.jobs} worker(s){threads}"
+        per_task = (f"{self.config.gpus_per_task:g} GPU" if self.device.startswith("cuda")
+                    else "1 CPU")
+        return f"Ray tasks ({per_task} each){threads}"
 
     def _data_text(self) -> str:
         if self.config.data_root:
@@ -282,12 +297,15 @@ def plan_run(config: RunConfig, *, require_data: bool = True) -> Plan:
     threats = attacks_mod.parse_threat_models(config.threat_models)
     settings = blackbox.parse_settings(config.settings)
     PROTOCOLS.get(config.protocol)  # an unknown name fails here, listing the known ones
+    check_executor(config)
     if "transfer" in settings:
         blackbox.transfer_specs(attack_specs, config.attacks is not None)
     n_test = config.test_subset if config.test_subset is not None else preset.attacks.test_subset
     if n_test is not None and n_test <= 0:
         raise PlanError("--test-subset must be positive")
-    device = resolve_device(config.device, check_available=require_data)
+    # with Ray the GPUs may be on the workers only: the cluster's resources decide there
+    device = resolve_device(config.device,
+                            check_available=require_data and config.executor != "ray")
     threads = resolve_threads(config.threads, device)
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     out = Path(config.out) if config.out else Path("results") / "runs" / run_id
@@ -355,6 +373,20 @@ def borrow_budget(cell: Cell, source: str, preset: str, dataset: str) -> Cell:
         return cell  # nothing shared, or the same budget already (BACON's is IDM's)
     label = f"{cell.label or cell.method}@{src.name}-budget"
     return Cell(cell.method, cell.ipc, {**cell.params, **shared}, label)
+
+
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(config: RunConfig) -> None:
+    """The executor's options, checked when the run is planned (Ray itself is imported only
+    when the run starts, so a dry run never needs it)."""
+    if config.executor not in EXECUTORS:
+        raise PlanError(f"unknown executor '{config.executor}'; available: {', '.join(EXECUTORS)}")
+    share = config.gpus_per_task
+    if not share > 0 or (share > 1 and share != int(share)):
+        raise PlanError(f"--gpus-per-task must be a fraction in (0, 1] or a whole number, "
+                        f"got {share:g}")
 
 
 def code_versions_for(cells: list[Cell]) -> dict[str, str]:

@@ -4,24 +4,25 @@ Each stage is a plain function over small dataclasses. :func:`run` plans every c
 (validating all names and inputs before any computation), then walks the cells; finished
 distilled sets, models and measurements come from the cache, and records are appended after
 every model, so a killed run loses at most the model in progress. On a CPU the cells can run
-side by side in worker processes (:mod:`rome_bench.pipeline.pool`).
+side by side in worker processes (:mod:`rome_bench.pipeline.pool`); with ``executor="ray"``
+they run as Ray tasks on one machine or a cluster (:mod:`rome_bench.pipeline.ray_executor`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from rome_bench.attacks import blackbox
 from rome_bench.core.cache import Cache, content_key
 from rome_bench.core.catalog import METHODS
-from rome_bench.core.records import Record, RecordStore, environment, versions
+from rome_bench.core.records import Record, RecordStore
 from rome_bench.core.registry import RomeBenchError
 from rome_bench.core.storage import (
     StorageError,
@@ -36,9 +37,10 @@ from rome_bench.data.datasets import (
     load_dataset,
 )
 from rome_bench.data.distilled import DistilledSet, import_distilled
-from rome_bench.models.convnet import Classifier, load_dc_checkpoint
+from rome_bench.models.convnet import load_dc_checkpoint
 from rome_bench.pipeline.config import Plan, PlanError, RunConfig, plan_run
 from rome_bench.pipeline.pool import run_parallel
+from rome_bench.pipeline.ray_executor import RayExecutor, import_ray, ray_executor
 from rome_bench.pipeline.stages import (
     computing,
     distill,
@@ -48,6 +50,7 @@ from rome_bench.pipeline.stages import (
     retrain,
     run_cell,
 )
+from rome_bench.pipeline.transfer import StudyRunner, transfer_records
 from rome_bench.reporting import figures
 from rome_bench.reporting.tables import write_tables
 
@@ -58,40 +61,34 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
     Records are appended after every model (after every cell with several workers); the tables
     (markdown, CSV, LaTeX) are written to ``plan.out`` at the end. The run holds ``plan.out``
     for its whole length: a second run given the same folder stops with a one-line error
-    (:func:`~rome_bench.core.storage.hold_folder`).
+    (:func:`~rome_bench.core.storage.hold_folder`). With ``executor="ray"`` the cells run as
+    Ray tasks (:mod:`rome_bench.pipeline.ray_executor`), with the same records.
     """
     plan = plan_run(config)
-    echo(plan.describe())
     check_inputs(plan)
-    with hold_folder(plan.out), computing(plan):
-        return plan, _run_planned(plan, echo)
-
-
-def _run_planned(plan: Plan, echo: Callable[[str], None]) -> list[Record]:
-    config = plan.config
-    remove_orphans(plan)
-    store = RecordStore(plan.out / "records.jsonl")
-    # loaded once here: the serial loop, transfer and the figures use it, and with workers it
-    # fetches/verifies the data (download, clear errors) before any worker starts
-    train = load_dataset(plan.dataset.name, "train", config.data_root, config.download)
-    test = load_test_set(plan)
-    if plan.jobs > 1:
-        all_records = run_parallel(plan, store, echo)
-    else:
-        cache = Cache()
-        all_records = []
-        with tqdm(plan.cells, desc="cells", disable=not config.show_progress,
-                  dynamic_ncols=True) as bar:
-            for cell in bar:
-                outcome = run_cell(cell, train, test, plan, cache, echo, store)
-                if config.show_progress:
-                    bar.write(outcome.summary(cell))
-                all_records.extend(outcome.records)
-    if all_records:
-        all_records.extend(_transfer_after_cells(plan, train, test, store, echo))
-        write_tables(all_records, plan.out)
-        _write_figures(all_records, plan, _distilled_sets(plan, train, echo), echo)
-    return all_records
+    with hold_folder(plan.out):
+        with executor_for(plan, echo) as executor, computing(plan):
+            echo(plan.describe())
+            remove_orphans(plan)
+            store = RecordStore(plan.out / "records.jsonl")
+            # loaded once here: the serial loop, transfer and the figures use it, and with
+            # workers it fetches/verifies the data (download, clear errors) before any starts
+            train = load_dataset(plan.dataset.name, "train", config.data_root, config.download)
+            test = load_test_set(plan)
+            if executor is not None:
+                all_records = executor.run_cells(train, test, store)
+            elif plan.jobs > 1:
+                all_records = run_parallel(plan, store, echo)
+            else:
+                all_records = _run_serial(plan, train, test, store, echo)
+            if all_records:
+                all_records.extend(_transfer_after_cells(plan, train, test, store, echo,
+                                                         executor))
+        # after the executor is released: the figures reload the sets from the cache here
+        if all_records:
+            write_tables(all_records, plan.out)
+            _write_figures(all_records, plan, _distilled_sets(plan, train, echo), echo)
+    return plan, all_records
 
 
 def check_inputs(plan: Plan) -> None:
@@ -101,8 +98,10 @@ def check_inputs(plan: Plan) -> None:
     enters its cache key (``params["sha256"]``: a file replaced under the same name is a new
     set); the run folder must be writable, and the cache folder must exist or be creatable (a
     read-only cache that already holds every result still serves a run, so its writes are
-    checked when they happen).
+    checked when they happen). A missing Ray is reported first (it is an option's problem).
     """
+    if plan.config.executor == "ray":
+        import_ray()
     for cell in plan.cells:
         if cell.method == "file":
             path = str(cell.params["path"])
@@ -111,6 +110,28 @@ def check_inputs(plan: Plan) -> None:
     check_writable(plan.out, "output folder")
     if not Cache().root.is_dir():
         check_writable(Cache().root, "cache folder (ROME_BENCH_CACHE)")
+
+
+def executor_for(plan: Plan, echo: Callable[[str], None]
+                 ) -> contextlib.AbstractContextManager[RayExecutor | None]:
+    """The Ray executor when the plan asks for it (connected for the block), else None."""
+    if plan.config.executor == "ray":
+        return ray_executor(plan, echo)
+    return contextlib.nullcontext()
+
+
+def _run_serial(plan: Plan, train: ImageSet, test: ImageSet, store: RecordStore,
+                echo: Callable[[str], None]) -> list[Record]:
+    cache = Cache()
+    records: list[Record] = []
+    with tqdm(plan.cells, desc="cells", disable=not plan.config.show_progress,
+              dynamic_ncols=True) as bar:
+        for cell in bar:
+            outcome = run_cell(cell, train, test, plan, cache, echo, store)
+            if plan.config.show_progress:
+                bar.write(outcome.summary(cell))
+            records.extend(outcome.records)
+    return records
 
 
 def _cell_models(plan: Plan, train: ImageSet, echo: Callable[[str], None], with_models: bool):
@@ -138,16 +159,25 @@ def _cell_models(plan: Plan, train: ImageSet, echo: Callable[[str], None], with_
 
 
 def _transfer_after_cells(plan: Plan, train: ImageSet, test: ImageSet, store: RecordStore,
-                          echo: Callable[[str], None]) -> list[Record]:
+                          echo: Callable[[str], None], executor: RayExecutor | None = None
+                          ) -> list[Record]:
     """Transfer records among the run's models (same IPC and repeat), appended to ``store``."""
     if "transfer" not in plan.settings:
         return []
     models = [blackbox.TransferModel(cell.label or cell.method, key, model, ipc, repeat)
               for cell, ipc, _, trained in _cell_models(plan, train, echo, with_models=True)
               for repeat, model, key in trained]
-    recs = transfer_records(plan, Cache(), test.images, test.labels, models)
+    recs = transfer_records(plan, Cache(), test.images, test.labels, models,
+                            _study_runner(executor, test))
     store.append(recs)
     return recs
+
+
+def _study_runner(executor: RayExecutor | None, test: ImageSet) -> StudyRunner | None:
+    """Transfer studies as Ray tasks (one per surrogate), or None to run them here."""
+    if executor is None:
+        return None
+    return lambda studies: executor.run_studies(test, studies)
 
 
 def _distilled_sets(plan: Plan, train: ImageSet, echo: Callable[[str], None]
@@ -167,40 +197,6 @@ def _write_figures(records: list[Record], plan: Plan, distilled: dict[str, Disti
         raise  # a full disk or a read-only folder is the user's to know, not a plotting glitch
     except Exception as exc:  # noqa: BLE001 - the records and tables are already written
         warn(f"rome-bench: figures not written: {type(exc).__name__}: {exc}")
-
-
-def transfer_records(plan: Plan, cache: Cache, images: torch.Tensor, labels: torch.Tensor,
-                     models: list[blackbox.TransferModel]) -> list[Record]:
-    """Transfer records for a run: models of the same IPC and repeat attack each other.
-
-    Models trained on different IPCs (or different repeats) are separate studies, as in the
-    paper (its heatmap is one IPC).
-    """
-    specs = blackbox.transfer_specs(plan.attacks, plan.config.attacks is not None)
-    if not specs or len(models) == 0:
-        return []
-    groups: dict[tuple[int, int], list[blackbox.TransferModel]] = {}
-    for m in models:
-        groups.setdefault((m.ipc, m.repeat), []).append(m)
-    context = {"test": plan.test_subset, "dataset": plan.dataset.name,
-               "data_root": str(plan.config.data_root or ""), **plan.compute_key}
-    vers, env = versions(), environment(plan.device)
-    records: list[Record] = []
-    for (ipc, repeat), group in sorted(groups.items()):
-        results = blackbox.transfer_study(
-            group, images, labels, specs, plan.modes, plan.threat_models,
-            num_classes=plan.dataset.num_classes, batch_size=plan.preset.attacks.batch_size_on(plan.device),
-            device=plan.device, seed=plan.config.seed,
-            overrides=lambda name: plan.preset.attacks.overrides.get(name, {}), cache=cache,
-            context=context, fresh=plan.config.fresh, show_progress=plan.config.show_progress)
-        records.extend(Record(
-            run_id=plan.run_id, method=r.victim, dataset=plan.dataset.name, ipc=ipc,
-            seed=plan.config.seed, repeat=repeat, arch=plan.config.arch, preset=plan.preset.name,
-            threat_model=r.threat_model, setting="transfer", source_model=r.surrogate,
-            mode=r.mode, attack=r.attack, eps=r.eps, accuracy=r.accuracy, seconds=r.seconds,
-            n_images=r.n_images, protocol=plan.protocol, versions=vers, environment=env)
-            for r in results)
-    return records
 
 
 def image_grids(distilled: dict[str, DistilledSet]) -> dict[str, figures.ImageGrid]:
@@ -245,6 +241,7 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
     """Evaluate published trained models (``NAME=PATH``) without retraining."""
     plan = plan_run(replace(config, methods=["random"]))
     plan.cells = []
+    cache = Cache()
     names = [name for name, _ in checkpoints]
     if "transfer" in plan.settings and len(set(names)) != len(names):
         raise PlanError(f"--setting transfer needs distinct checkpoint names, got {names}")
@@ -256,37 +253,38 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
                                    image_size=plan.dataset.image_size)
         key = content_key(stage="checkpoint", sha=content_sha256(path), arch=config.arch)
         models.append((name, path, model, key))
-    echo(f"rome-bench {__version__}: evaluating {len(models)} checkpoint(s) on {plan.dataset.name} "
-         f"({plan.test_subset or 'all'} test images), preset {plan.preset.name}, threat "
-         f"{', '.join(plan.threat_models)}, settings {', '.join(plan.settings)}, output {plan.out}")
     check_inputs(plan)
-    with hold_folder(plan.out), computing(plan):
-        return plan, _evaluate_models(plan, models, ipc, echo)
-
-
-def _evaluate_models(plan: Plan, models: list[tuple[str, str, Classifier, str]],
-                     ipc: int | None, echo: Callable[[str], None]) -> list[Record]:
-    cache = Cache()
-    test = load_test_set(plan)
-    remove_orphans(plan)
-    store = RecordStore(plan.out / "records.jsonl")
-    records: list[Record] = []
-    transfer_models: list[blackbox.TransferModel] = []
-    for name, path, model, key in models:
-        model_ipc = ipc if ipc is not None else checkpoint_ipc(path)
-        recs = evaluate_model(model, key, test, plan, cache, method=name, ipc=model_ipc, repeat=0)
-        store.append(recs)
-        records.extend(recs)
-        if "transfer" in plan.settings:
-            transfer_models.append(blackbox.TransferModel(name, key, model, model_ipc, 0))
-    if transfer_models:
-        recs = transfer_records(plan, cache, test.images, test.labels, transfer_models)
-        store.append(recs)
-        records.extend(recs)
-    if records:
-        write_tables(records, plan.out)
-        _write_figures(records, plan, {}, echo)
-    return records
+    with hold_folder(plan.out):
+        with executor_for(plan, echo) as executor, computing(plan):
+            echo(f"rome-bench {__version__}: evaluating {len(models)} checkpoint(s) on "
+                 f"{plan.dataset.name} ({plan.test_subset or 'all'} test images), preset "
+                 f"{plan.preset.name}, threat {', '.join(plan.threat_models)}, settings "
+                 f"{', '.join(plan.settings)}, {plan.executor_text}, output {plan.out}")
+            test = load_test_set(plan)
+            remove_orphans(plan)
+            store = RecordStore(plan.out / "records.jsonl")
+            given = [(name, key, model, ipc if ipc is not None else checkpoint_ipc(path))
+                     for name, path, model, key in models]
+            if executor is not None:
+                records = executor.evaluate_models(test, given, store)
+            else:
+                records = []
+                for name, key, model, model_ipc in given:
+                    recs = evaluate_model(model, key, test, plan, cache, method=name,
+                                          ipc=model_ipc, repeat=0)
+                    store.append(recs)
+                    records.extend(recs)
+            if "transfer" in plan.settings:
+                transfer_models = [blackbox.TransferModel(name, key, model, model_ipc, 0)
+                                   for name, key, model, model_ipc in given]
+                recs = transfer_records(plan, cache, test.images, test.labels, transfer_models,
+                                        _study_runner(executor, test))
+                store.append(recs)
+                records.extend(recs)
+        if records:
+            write_tables(records, plan.out)
+            _write_figures(records, plan, {}, echo)
+    return plan, records
 
 
 def evaluate_distilled(config: RunConfig, paths: list[str], echo: Callable[[str], None] = print

@@ -65,28 +65,43 @@ def distill_key(cell: Cell, plan: Plan) -> str:
                        **plan.compute_key)
 
 
+def cached_distilled(cell: Cell, plan: Plan, cache: Cache) -> tuple[DistilledSet, str] | None:
+    """``cell``'s distilled set and its key when the cache holds it (and ``fresh`` is off).
+
+    A task that retrains on a set distilled by another task (the Ray executor) loads it here,
+    without needing the training data.
+    """
+    if METHODS.entry(cell.method).meta.get("ipc_independent") or plan.config.fresh:
+        return None  # the whole training set is never cached
+    key = distill_key(cell, plan)
+
+    def load_set(p: Path) -> DistilledSet:
+        found = DistilledSet.load(p)
+        found.validate(plan.dataset.num_classes, plan.dataset.channels, str(p))
+        return found
+
+    cached = read_cached(cache.distilled(key), load_set, "distilled set")
+    if cached is None:
+        return None
+    # a run killed between saving the set and deleting its checkpoint left the checkpoint; a
+    # read-only cache keeps it (nothing reads a checkpoint beside a finished set)
+    with contextlib.suppress(OSError):
+        cache.checkpoint(key).unlink(missing_ok=True)
+    return cached, key
+
+
 def distill(cell: Cell, train: ImageSet, plan: Plan, cache: Cache, log: Callable[[str], None]
             ) -> tuple[DistilledSet, str]:
     """The distilled set of ``cell`` (from the cache when possible) and its cache key."""
+    found = cached_distilled(cell, plan, cache)
+    if found is not None:
+        return found
     entry = METHODS.entry(cell.method)
     ipc = cell.ipc
     key = distill_key(cell, plan)
     path = cache.distilled(key)
     ckpt_path = cache.checkpoint(key)
     cacheable = not entry.meta.get("ipc_independent")
-    if cacheable and not plan.config.fresh:
-        def load_set(p: Path) -> DistilledSet:
-            found = DistilledSet.load(p)
-            found.validate(plan.dataset.num_classes, plan.dataset.channels, str(p))
-            return found
-
-        cached = read_cached(path, load_set, "distilled set")
-        if cached is not None:
-            # a run killed between saving the set and deleting its checkpoint left the checkpoint;
-            # a read-only cache keeps it (nothing reads a checkpoint beside a finished set)
-            with contextlib.suppress(OSError):
-                ckpt_path.unlink(missing_ok=True)
-            return cached, key
     if ipc > 0:
         for c in range(train.num_classes):
             have = int((train.labels == c).sum())
@@ -402,6 +417,20 @@ class CellOutcome:
                 f" ({stages})" + (f": clean {sum(clean) / len(clean):.1f}%" if clean else ""))
 
 
+def run_model(cell: Cell, distilled: DistilledSet, distill_key: str, repeat: int, test: ImageSet,
+              plan: Plan, cache: Cache, log: Callable[[str], None]
+              ) -> tuple[list[Record], dict[str, float]]:
+    """Retrain model ``repeat`` of ``cell`` on its distilled set and attack it: its records and
+    the seconds of both stages. One model is the unit of work the executors share out."""
+    start = time.perf_counter()
+    model, mkey = retrain(distilled, distill_key, cell, repeat, plan, cache, log)
+    retrained = time.perf_counter()
+    ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
+    recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
+                          ipc=ipc, repeat=repeat)
+    return recs, {"retrain": retrained - start, "attacks": time.perf_counter() - retrained}
+
+
 def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cache,
              log: Callable[[str], None], store: RecordStore | None = None) -> CellOutcome:
     """Distill (or load) one cell, retrain its models (``plan.repeat_indices``), attack each.
@@ -413,19 +442,12 @@ def run_cell(cell: Cell, train: ImageSet, test: ImageSet, plan: Plan, cache: Cac
     with distill_lock(cell, plan, cache, log):
         distilled, dkey = distill(cell, train, plan, cache, log)
     seconds["distill"] = time.perf_counter() - start
-    ipc = cell.ipc if cell.ipc >= 0 else distilled.ipc
     records: list[Record] = []
     for repeat in plan.repeat_indices:
-        start = time.perf_counter()
-        model, mkey = retrain(distilled, dkey, cell, repeat, plan, cache, log)
-        seconds["retrain"] += time.perf_counter() - start
-        start = time.perf_counter()
-        recs = evaluate_model(model, mkey, test, plan, cache, method=cell.label or cell.method,
-                              ipc=ipc, repeat=repeat)
-        seconds["attacks"] += time.perf_counter() - start
+        recs, spent = run_model(cell, distilled, dkey, repeat, test, plan, cache, log)
+        for stage, s in spent.items():
+            seconds[stage] += s
         if store is not None:
             store.append(recs)
         records.extend(recs)
     return CellOutcome(records, seconds)
-
-

@@ -52,7 +52,7 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
         path = folder / f"{stem}.{ext}"
         # atomic like every other write: a killed run or a full disk leaves no half-drawn figure, and an
         # interrupted one's temporary file is recognised and removed by the next run
-        atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext))
+        atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext, bbox_inches="tight"))
         paths.append(path)
     return paths
 
@@ -306,7 +306,8 @@ def robust_scatter_figure(rows: list[RobustRow], trends: dict[str, Trend | None]
     ax.set_xlim(lo, hi)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    # beside the axes: inside, it hides points (a method's high-robustness point sits top left)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_title(title + ("" if any(trends.values()) else
                           "\nno random trend: method random at two IPCs or more is needed"),
                  fontsize=9)
