@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rome_bench.attacks.suite import AttackSpec, attack_view, build_attack
-from rome_bench.attacks.timing import count_correct, timed_batches
+from rome_bench.attacks.timing import count_correct, input_gradients_only, timed_batches
 from rome_bench.core.cache import Cache, CorruptEntry, code_version, content_key, read_cached, read_json_file
 from rome_bench.core.catalog import ATTACKS
 from rome_bench.core.records import SETTINGS
@@ -134,7 +134,8 @@ def craft(spec: AttackSpec, model: Classifier, images: torch.Tensor, labels: tor
     def craft_batch(b: slice) -> None:
         out.append(atk(view.to_input(images[b].to(device)), labels[b].to(device)).detach())
 
-    _, seconds = timed_batches(len(images), batch_size, device, craft_batch)
+    with input_gradients_only(model):
+        _, seconds = timed_batches(len(images), batch_size, device, craft_batch)
     normalize = view.to_input if isinstance(view.to_input, Normalize) else None
     return Crafted(torch.cat(out).cpu(), seconds, normalize)
 

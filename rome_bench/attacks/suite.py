@@ -28,7 +28,7 @@ import torchattacks
 from torch import nn
 
 from rome_bench.attacks.deepfool import BatchedDeepFool
-from rome_bench.attacks.timing import correct_mask, timed_batches, to_device
+from rome_bench.attacks.timing import correct_mask, input_gradients_only, timed_batches, to_device
 from rome_bench.core.catalog import ATTACKS, SUITE, SWEEP
 from rome_bench.core.registry import RomeBenchError, normalize_name
 from rome_bench.models.convnet import Classifier, Normalize
@@ -316,6 +316,7 @@ def run_attack(spec: AttackSpec, model: Classifier, images: torch.Tensor, labels
         outcomes[idx] = hits
         return int(hits.sum())
 
-    correct, seconds = timed_batches(len(attacked), batch_size, device, attack_batch)
+    with input_gradients_only(model):
+        correct, seconds = timed_batches(len(attacked), batch_size, device, attack_batch)
     return AttackResult(spec.name, mode, 100.0 * correct / len(images), seconds, len(images),
                         spec.eps, outcomes, len(attacked))

@@ -8,7 +8,8 @@ included, with the device synchronised at both ends (CUDA work is asynchronous).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -18,6 +19,30 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work, so that a timer read afterwards covers it (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def input_gradients_only(model: nn.Module) -> Iterator[nn.Module]:
+    """Run an attack with ``requires_grad=False`` on every parameter of ``model``, then restore
+    each parameter's flag.
+
+    Why: an attack needs gradients with respect to its input only, but some torchattacks
+    attacks call ``loss.backward()`` (CW, FAB inside AutoAttack, torchattacks' DeepFool), which
+    also computes, and accumulates into ``.grad``, the gradient of every weight: about a third
+    of each step's arithmetic for a ConvNet, thrown away. With the weights frozen autograd
+    skips it. The input gradient is computed by the same kernels either way, so the
+    adversarial examples are bit for bit the same (``tests/test_attack_speed.py``). Attacks that
+    use ``torch.autograd.grad(loss, x)`` (FGSM, PGD, APGD) already skip the weight gradients.
+    """
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
 
 
 def correct_mask(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
