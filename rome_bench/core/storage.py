@@ -335,10 +335,24 @@ def load_tensor_file(path: str | Path, what: str = "file"):
         raise CheckpointError(f"{what} {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{what} {path} is empty")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(f"cannot load {what} {path}: not a PyTorch file (neither "
+                              "torch.save's zip archive nor a legacy pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle payloads, truncation and garbage all end up here
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else ""  # torch's first sentence
+        reason = f"corrupt or truncated ({type(exc).__name__}{': ' + first if first else ''})"
+        if "Unsupported global" in text or "Unsupported operand" in text:
             reason = "it contains objects other than tensors (refused: weights_only=True)"
         raise CheckpointError(f"cannot load {what} {path}: {reason}") from exc
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts like a file ``torch.save`` writes: a zip archive (the format since
+    torch 1.6) or a pickle (protocol 2 and up start with 0x80). Garbage otherwise reaches
+    ``torch.load`` and fails with an error that names a dictionary key, not the problem."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
