@@ -67,6 +67,7 @@ from rome_bench.methods.experts import (
     ExpertSettings,
     buffer_key,
     build_expert_net,
+    compute_tag,
     data_fingerprint,
     functional_forward,
     get_experts,
@@ -189,7 +190,8 @@ def load_trajectories(train: ImageSet, cfg: MethodConfig, params: dict[str, Any]
     return Trajectories(experts, settings, net, whitening, cfg.dsa(),
                         torch.tensor(spec.mean).view(1, -1, 1, 1),
                         torch.tensor(spec.std).view(1, -1, 1, 1),
-                        buffer_key(settings, fingerprint), spec, cfg.device)
+                        buffer_key(settings, fingerprint, compute_tag(cfg.device)), spec,
+                        cfg.device)
 
 
 def unrolled_student(traj: Trajectories, images: torch.Tensor, labels: torch.Tensor,

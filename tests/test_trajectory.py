@@ -198,6 +198,26 @@ def test_buffer_resumes_per_expert_and_keys_by_settings(tmp_path, monkeypatch):
     assert ex.buffer_key(settings, "x") != ex.buffer_key(settings, "y")
 
 
+def test_buffer_and_whitening_keys_follow_the_thread_count(tmp_path):
+    """A CPU result changes with the thread count, so a buffer or a ZCA trained with one
+    thread is not reused by a process computing with two (as the run plan's cache keys)."""
+    import rome_bench.methods.experts as ex
+
+    settings = _settings()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (ex.buffer_key(settings, "x"), ex.compute_tag("cpu"))
+        torch.set_num_threads(2)
+        two = (ex.buffer_key(settings, "x"), ex.compute_tag("cpu"))
+    finally:
+        torch.set_num_threads(before)
+    assert one[1] == "cpu/1 threads" and two[1] == "cpu/2 threads"
+    assert one[0] != two[0]
+    assert ex.buffer_key(settings, "x", "cuda") != one[0]
+    assert ex.compute_tag("meta") == "meta"
+
+
 def test_settings_from_a_method_budget():
     s = ExpertSettings.from_params("cifar10", {"buffer_num_experts": 7, "buffer_epochs": 9,
                                                "buffer_flat": True, "zca": False, "lr_img": 1.0},

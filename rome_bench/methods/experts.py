@@ -192,13 +192,23 @@ def data_fingerprint(train: ImageSet) -> str:
     return h.hexdigest()[:16]
 
 
+def compute_tag(device: str | torch.device = "cpu") -> str:
+    """What besides settings, data and code changes a buffer or a whitening: the device type,
+    and on a CPU the torch thread count of this process (float sums are split across threads,
+    so 1 and 2 threads train different experts). The same rule as a run plan's compute key, so
+    a ``--threads 2`` run never reuses a buffer trained with one thread."""
+    kind = torch.device(device).type
+    return f"cpu/{torch.get_num_threads()} threads" if kind == "cpu" else kind
+
+
 def get_whitening(train: ImageSet, spec: DatasetSpec, cache: Cache | None = None,
                   eps: float = zca_mod.DEFAULT_EPS, fingerprint: str | None = None
                   ) -> LinearTransform:
     """ZCA fitted on ``train`` (after ``Normalize``), cached by data, eps and code."""
     cache = cache or Cache()
     key = content_key(stage="zca", data=fingerprint or data_fingerprint(train), eps=eps,
-                      mean=spec.mean, std=spec.std, code=code_version(zca_mod))
+                      mean=spec.mean, std=spec.std, code=code_version(zca_mod),
+                      compute=compute_tag("cpu"))  # fitted on the CPU
     path = cache.path("zca", key, ".pt")
     dim = spec.channels * math.prod(_pair(spec.image_size))
 
@@ -307,16 +317,19 @@ def trajectory_code_version() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
-def buffer_key(settings: ExpertSettings, fingerprint: str) -> str:
-    """The cache key of a buffer: every setting, the data and the code that produce it."""
+def buffer_key(settings: ExpertSettings, fingerprint: str, compute: str | None = None) -> str:
+    """The cache key of a buffer: every setting, the data, the code and the compute
+    (:func:`compute_tag`, by default this process's on the CPU) that produce it."""
     return content_key(stage="experts", settings=asdict(settings), data=fingerprint,
                        code=trajectory_code_version(), dsa_code=code_version(DSA),
-                       zca_code=code_version(zca_mod) if settings.zca else "")
+                       zca_code=code_version(zca_mod) if settings.zca else "",
+                       compute=compute or compute_tag("cpu"))
 
 
-def buffer_folder(settings: ExpertSettings, fingerprint: str, cache: Cache | None = None) -> Path:
+def buffer_folder(settings: ExpertSettings, fingerprint: str, cache: Cache | None = None,
+                  compute: str | None = None) -> Path:
     cache = cache or Cache()
-    folder = cache.root / "experts" / buffer_key(settings, fingerprint)
+    folder = cache.root / "experts" / buffer_key(settings, fingerprint, compute)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -342,7 +355,7 @@ def get_experts(train: ImageSet, settings: ExpertSettings, *, device: str | torc
     spec = spec or DATASETS.get(settings.dataset)
     cache = cache or Cache()
     fingerprint = data_fingerprint(train)
-    folder = buffer_folder(settings, fingerprint, cache)
+    folder = buffer_folder(settings, fingerprint, cache, compute_tag(device))
     paths = [folder / f"expert_{i:03d}.pt" for i in range(settings.num_experts)]
     with torch.random.fork_rng(devices=[]):  # only its size counts: leave the caller's RNG alone
         size = sum(p.numel() for p in build_expert_net(settings, spec).parameters())
@@ -448,7 +461,8 @@ _TRAJECTORY_FUNCTIONS = (get_experts, train_expert, _gsam_step, _expert_seed, bu
                          to_network_space, flatten_params)
 
 __all__: Sequence[str] = (
-    "EXPERT_PRESETS", "ExpertSettings", "build_expert_net", "buffer_key", "data_fingerprint",
+    "EXPERT_PRESETS", "ExpertSettings", "build_expert_net", "buffer_key", "compute_tag",
+    "data_fingerprint",
     "expert_accuracy", "flatten_params", "functional_forward", "generate_experts", "get_experts",
     "get_whitening", "load_flat_params", "param_layout", "to_network_space", "train_expert",
     "trajectory_code_version", "unflatten_params")
