@@ -189,15 +189,12 @@ def parse_jobs(text: str | None) -> int | None:
 
 
 def _finish(plan, records, alpha: float, ae_baseline: str = "same-mode") -> None:
-    from rome_bench.reporting.tables import format_tables, tables_for, write_tables
+    from rome_bench.reporting.tables import format_tables, tables_for
     from rome_bench.reporting.uncertainty import Bootstrap
 
     if not records:
         click.echo("no records were produced")
         return
-    if alpha != 0.5 or ae_baseline != "same-mode":
-        # the run wrote its tables with the defaults; rewrite them with the chosen options
-        write_tables(records, plan.out, alpha, ae_baseline)
     click.echo("")
     # what the terminal shows carries 95% bootstrap intervals; the files stay the published layout
     click.echo(format_tables(records, tables_for(records), "markdown", alpha, ci=Bootstrap(),
@@ -266,7 +263,7 @@ def run(method: str, dry_run: bool, alpha: float, ae_baseline: str, **kw) -> Non
     if dry_run:
         click.echo(pipeline.plan_run(config, require_data=False).describe())
         return
-    plan, records = pipeline.run(config, echo=click.echo)
+    plan, records = pipeline.run(config, echo=click.echo, alpha=alpha, ae_baseline=ae_baseline)
     _finish(plan, records, alpha, ae_baseline)
 
 
@@ -305,9 +302,11 @@ def evaluate(distilled: tuple[str, ...], checkpoints: tuple[str, ...], ipc: int 
             if not sep or not name or not path:
                 raise click.UsageError(f"--checkpoint takes NAME=PATH, got '{item}'")
             pairs.append((name, path))
-        plan, records = pipeline.evaluate_checkpoints(config, pairs, ipc, echo=click.echo)
+        plan, records = pipeline.evaluate_checkpoints(config, pairs, ipc, echo=click.echo,
+                                                      alpha=alpha, ae_baseline=ae_baseline)
     else:
-        plan, records = pipeline.evaluate_distilled(config, list(distilled), echo=click.echo)
+        plan, records = pipeline.evaluate_distilled(config, list(distilled), echo=click.echo,
+                                                    alpha=alpha, ae_baseline=ae_baseline)
     _finish(plan, records, alpha, ae_baseline)
 
 

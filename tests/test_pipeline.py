@@ -410,3 +410,44 @@ def test_transfer_studies_pair_models_of_the_same_ipc_and_repeat(tmp_path):
                                                        [(1, 0), (1, 1), (2, 0), (2, 1)]}
     pairs = {(r.ipc, r.repeat, r.source_model, r.method) for r in recs}
     assert len(pairs) == 16  # a->a, a->b, b->a, b->b in each of the four studies
+
+
+def test_table_options_are_written_while_the_run_holds_its_folder(tmp_path, monkeypatch):
+    """``--alpha`` / ``--ae-baseline`` reach the tables the run writes, inside its folder lock
+    (earlier the CLI rewrote them after the lock was released, racing a next run)."""
+    from rome_bench.core import storage
+    from rome_bench.reporting import tables
+
+    held = []
+    real_hold = storage.hold_folder
+
+    def watching_hold(folder):
+        held.append(True)
+        ctx = real_hold(folder)
+
+        class Watch:
+            def __enter__(self):
+                return ctx.__enter__()
+
+            def __exit__(self, *exc):
+                held.pop()
+                return ctx.__exit__(*exc)
+        return Watch()
+
+    written = []
+    real_write = tables.write_tables
+
+    def spy(records, folder, alpha=0.5, ae_baseline="same-mode"):
+        written.append((alpha, ae_baseline, bool(held)))
+        return real_write(records, folder, alpha, ae_baseline)
+
+    monkeypatch.setattr(pipeline, "hold_folder", watching_hold)
+    monkeypatch.setattr(pipeline, "write_tables", spy)
+    plan, records = pipeline.run(config(tmp_path, methods=["random"], ipcs=[1],
+                                        attacks="FGSM"), echo=lambda s: None,
+                                 alpha=0.2, ae_baseline="min")
+    assert written == [(0.2, "min", True)]
+    expected = tables.format_tables(records, tables.tables_for(records), "markdown", 0.2,
+                                    ae_baseline="min")
+    assert (plan.out / "tables.md").read_text().strip() == expected.strip()
+    assert expected != tables.format_tables(records, tables.tables_for(records), "markdown", 0.5)

@@ -52,11 +52,16 @@ from rome_bench.pipeline.stages import (
 )
 from rome_bench.pipeline.transfer import StudyRunner, transfer_records
 from rome_bench.reporting import figures
+from rome_bench.reporting.metrics import DEFAULT_AE_BASELINE
 from rome_bench.reporting.tables import write_tables
 
 
-def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, list[Record]]:
+def run(config: RunConfig, echo: Callable[[str], None] = print, *, alpha: float = 0.5,
+        ae_baseline: str = DEFAULT_AE_BASELINE) -> tuple[Plan, list[Record]]:
     """Run the benchmark; returns the plan and all records (also written to ``plan.out``).
+
+    ``alpha`` and ``ae_baseline`` are the table options (CREI's weight, AE's clean time): the
+    tables are written with them while the run still holds its folder.
 
     Records are appended after every model (after every cell with several workers); the tables
     (markdown, CSV, LaTeX) are written to ``plan.out`` at the end. The run holds ``plan.out``
@@ -86,7 +91,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> tuple[Plan, l
                                                          executor))
         # after the executor is released: the figures reload the sets from the cache here
         if all_records:
-            write_tables(all_records, plan.out)
+            write_tables(all_records, plan.out, alpha, ae_baseline)
             _write_figures(all_records, plan, _distilled_sets(plan, train, echo), echo)
     return plan, all_records
 
@@ -236,9 +241,11 @@ def checkpoint_ipc(path: str) -> int:
 
 
 def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
-                         ipc: int | None = None, echo: Callable[[str], None] = print
+                         ipc: int | None = None, echo: Callable[[str], None] = print, *,
+                         alpha: float = 0.5, ae_baseline: str = DEFAULT_AE_BASELINE
                          ) -> tuple[Plan, list[Record]]:
-    """Evaluate published trained models (``NAME=PATH``) without retraining."""
+    """Evaluate published trained models (``NAME=PATH``) without retraining (table options as
+    in :func:`run`)."""
     plan = plan_run(replace(config, methods=["random"]))
     plan.cells = []
     cache = Cache()
@@ -282,15 +289,17 @@ def evaluate_checkpoints(config: RunConfig, checkpoints: list[tuple[str, str]],
                 store.append(recs)
                 records.extend(recs)
         if records:
-            write_tables(records, plan.out)
+            write_tables(records, plan.out, alpha, ae_baseline)
             _write_figures(records, plan, {}, echo)
     return plan, records
 
 
-def evaluate_distilled(config: RunConfig, paths: list[str], echo: Callable[[str], None] = print
+def evaluate_distilled(config: RunConfig, paths: list[str], echo: Callable[[str], None] = print,
+                       *, alpha: float = 0.5, ae_baseline: str = DEFAULT_AE_BASELINE
                        ) -> tuple[Plan, list[Record]]:
     """Retrain on given distilled-set files and evaluate (same as ``run --method file:PATH``)."""
-    return run(replace(config, methods=[f"file:{p}" for p in paths]), echo)
+    return run(replace(config, methods=[f"file:{p}" for p in paths]), echo, alpha=alpha,
+               ae_baseline=ae_baseline)
 
 
 def content_sha256(path: str) -> str:
