@@ -10,12 +10,16 @@ attack parameters:
   with identical accuracies (nothing is skipped there and DeepFool is torchattacks'; the
   weights are frozen, which saves CW's and FAB's weight gradients).
 * DeepFool alone under ``standard``: batched against torchattacks'. Goal: >= 5x on a CPU.
+* CW alone under ``standard``: torchattacks' CW with the weights frozen (as rome-bench runs
+  it) against the bare call (which also differentiates every weight); same robust accuracy.
 
 Models: BEARD's published BACON checkpoint, and a ``cpu``-preset model retrained on a random
 IPC-10 set (trained once here, then read from the rome-bench cache).
 
     python benchmarks/attack_suite.py [--images 200] [--data-root ../shared/data/cifar10]
-        [--threat-models standard,beard-compat] [--models bacon,cpu-ipc10]
+        [--threat-models standard,beard-compat|none] [--models bacon,cpu-ipc10]
+
+``--threat-models none`` runs only the single-attack rows (DeepFool, CW).
 
 Both sides are timed from outside the call, over the whole suite (every attack and mode),
 alternating which goes first per model. One round: the suite takes minutes per model on a CPU.
@@ -84,12 +88,12 @@ def bare(model: Classifier, x: torch.Tensor, y: torch.Tensor, threat: str,
     return out
 
 
-def deepfool_alone(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor,
-                   overrides: dict) -> float:
-    """Robust accuracy under one DeepFool. ``DeepFool`` runs through rome-bench; ``DeepFool-ta``
-    is called bare, as a researcher calls torchattacks (rome-bench would freeze the weights,
-    which speeds torchattacks' own DeepFool up too)."""
-    if name == "DeepFool":
+def alone(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, overrides: dict,
+          bare_call: bool = False) -> float:
+    """Robust accuracy (untargeted, ``standard``, every image attacked) under one attack, run
+    through rome-bench's ``run_attack`` (weights frozen) or, with ``bare_call``, called as a
+    researcher calls torchattacks (weights not frozen)."""
+    if not bare_call:
         return run_attack(ATTACKS.get(name), model, x, y, mode="untargeted", batch_size=len(x),
                           overrides=overrides).accuracy
     atk = build_attack(ATTACKS.get(name), model.eval(), overrides=overrides)
@@ -141,7 +145,8 @@ def main() -> None:
           f"parameters {PRESET.attacks.overrides}")
     for label, model in models.items():
         model.eval()
-        for i, threat in enumerate(args.threat_models.split(",")):
+        threats = [t for t in args.threat_models.split(",") if t and t != "none"]
+        for i, threat in enumerate(threats):
             order = [(ours, "ours"), (bare, "bare")]
             runs = {}
             for fn, who in order if i % 2 == 0 else order[::-1]:
@@ -158,11 +163,18 @@ def main() -> None:
                     if abs(a_ours[k] - a_bare[k]) >= 1e-9:
                         print(f"      {k:<24} {a_ours[k]:6.2f} vs {a_bare[k]:6.2f}")
         steps = PRESET.attacks.overrides.get("DeepFool", {})
-        t_b, acc_b = timed(deepfool_alone, "DeepFool", model, x, y, steps)
-        t_t, acc_t = timed(deepfool_alone, "DeepFool-ta", model, x, y, steps)
+        t_b, acc_b = timed(alone, "DeepFool", model, x, y, steps)
+        t_t, acc_t = timed(alone, "DeepFool-ta", model, x, y, steps, True)
         print(f"  {label:<22} DeepFool alone ({steps or 'paper steps'}): batched {t_b:.1f} s, "
               f"torchattacks {t_t:.1f} s, speed-up {t_t / t_b:.1f}x; robust accuracy "
               f"{acc_b:.1f} vs {acc_t:.1f}")
+        # the same torchattacks CW, with the weights frozen (rome-bench) and not (bare call)
+        cw = PRESET.attacks.overrides.get("CW", {})
+        t_f, acc_f = timed(alone, "CW", model, x, y, cw)
+        t_u, acc_u = timed(alone, "CW", model, x, y, cw, True)
+        print(f"  {label:<22} CW alone ({cw or 'paper steps'}): weights frozen {t_f:.1f} s, "
+              f"bare {t_u:.1f} s, speed-up {t_u / t_f:.2f}x; robust accuracy "
+              f"{acc_f:.1f} vs {acc_u:.1f}")
 
 
 if __name__ == "__main__":
