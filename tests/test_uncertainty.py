@@ -296,3 +296,45 @@ def test_cli_robust_kind_ci_flag_and_the_end_of_run_tables(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "percentile bootstrap" in shown and "[" in shown.split("| DC ")[1].splitlines()[0]
     assert not (tmp_path / "tables.md").exists()
+
+
+def _paired_difference_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "paired_difference.py"
+    spec = importlib.util.spec_from_file_location("paired_difference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_difference_calls_a_clear_lead_and_a_tie(tmp_path, capsys):
+    """scripts/paired_difference.py: A classifies B's correct images plus about half of the
+    rest, on every model, so A's clean lead is significant; a method against itself is a tie
+    on every measure; an unknown method is a one-line error."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for repeat in range(3):
+        base = rng.random(200) < 0.6
+        for method, clean in (("a", base | (rng.random(200) < 0.5)), ("b", base)):
+            rows.append(rec(method, 10, repeat, "clean", "clean", clean))
+            for mode in ("targeted", "untargeted"):
+                rows.append(rec(method, 10, repeat, mode, "FGSM", clean & (rng.random(200) < 0.5),
+                                seconds=2.0))
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(r.to_json() + "\n" for r in rows))
+    script = _paired_difference_script()
+    assert script.main([str(path), "--a", "a", "--b", "b", "--threat-model", "standard",
+                        "--resamples", "500"]) == 0
+    out = capsys.readouterr().out
+    clean_line = next(line for line in out.splitlines() if line.startswith("clean accuracy"))
+    assert clean_line.rstrip().endswith("A ahead")
+    assert "models+images" in out
+    assert script.main([str(path), "--a", "a", "--b", "a", "--threat-model", "standard",
+                        "--resamples", "200"]) == 0
+    verdicts = [line.split()[-1] for line in capsys.readouterr().out.splitlines()
+                if line.split() and line.split()[0] in ("clean", "targeted", "untargeted")]
+    assert verdicts and set(verdicts) == {"tie"}
+    assert script.main([str(path), "--a", "a", "--b", "zz", "--threat-model", "standard"]) == 2
+    assert "no standard records of method 'zz'" in capsys.readouterr().err
