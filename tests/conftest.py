@@ -54,6 +54,16 @@ def pool_dir() -> Path:
     return require_shared(POOL, "MANIFEST", "BEARD's model pool")
 
 
+@pytest.fixture(scope="module")
+def dc_model(pool_dir):
+    """BEARD's published DC ConvNet (IPC 50), loaded behind its Normalize layer."""
+    from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD
+    from rome_bench.models.convnet import load_dc_checkpoint
+
+    path = next(pool_dir.glob("DC_*.pth"))
+    return load_dc_checkpoint(path, "convnet", num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+
+
 def write_cifar_batch(path: Path, x: np.ndarray, labels: np.ndarray, key: str = "labels") -> None:
     """A file in the official CIFAR python layout (rows of 3072 uint8, channel-major)."""
     rows = x.transpose(0, 3, 1, 2).reshape(len(x), -1)

@@ -14,14 +14,8 @@ from rome_bench.attacks.suite import (
     run_attack,
 )
 from rome_bench.core.registry import UnknownNameError
-from rome_bench.data.datasets import CIFAR10_MEAN, CIFAR10_STD, load_dataset, take_test_subset
-from rome_bench.models.convnet import build_model, load_dc_checkpoint
-
-
-@pytest.fixture(scope="module")
-def dc_model(pool_dir):
-    path = next(pool_dir.glob("DC_*.pth"))
-    return load_dc_checkpoint(path, "convnet", num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+from rome_bench.data.datasets import load_dataset, take_test_subset
+from rome_bench.models.convnet import build_model
 
 
 @pytest.fixture(scope="module")
