@@ -28,9 +28,9 @@ def input_gradients_only(model: nn.Module) -> Iterator[nn.Module]:
 
     Why: an attack needs gradients with respect to its input only, but some torchattacks
     attacks call ``loss.backward()`` (CW, FAB inside AutoAttack, torchattacks' DeepFool), which
-    also computes, and accumulates into ``.grad``, the gradient of every weight: about a third
-    of each step's arithmetic for a ConvNet, thrown away. With the weights frozen autograd
-    skips it. The input gradient is computed by the same kernels either way, so the
+    also computes, and accumulates into ``.grad``, the gradient of every weight, work thrown
+    away (CW alone runs 1.23x faster without it, ``benchmarks/README.md``). With the weights
+    frozen autograd skips it. The input gradient is computed by the same kernels either way, so the
     adversarial examples are bit for bit the same (``tests/test_attack_speed.py``). Attacks that
     use ``torch.autograd.grad(loss, x)`` (FGSM, PGD, APGD) already skip the weight gradients.
     """
